@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Tear the local stack down: pods and containers, every component (by recorded PID), mounts,
+# cgroups, the pod bridge, and the kernel settings the kubelet changed. Safe to run twice, and
+# before `up` to clear a crashed run (also one started from another checkout).
+set -uo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+quiet=0; [ "${1:-}" = --quiet ] && quiet=1
+say() { [ $quiet -eq 1 ] || echo "$@"; }
+
+stop_component kubelet
+if [ -S "$SOCK" ]; then
+  for id in $($CTR tasks ls -q 2>/dev/null); do $CTR tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1; done
+  for _ in $(seq 20); do [ -z "$($CTR tasks ls -q 2>/dev/null | head -c1)" ] && break; sleep 0.25; done
+  for id in $($CTR tasks ls -q 2>/dev/null); do $CTR tasks delete -f "$id" >/dev/null 2>&1; done
+  for id in $($CTR containers ls -q 2>/dev/null); do $CTR containers delete "$id" >/dev/null 2>&1; done
+fi
+stop_component containerd
+# runc shims outlive containerd by design; ours are the ones serving our socket.
+for p in /proc/[0-9]*; do
+  if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK"; then
+    kill -KILL "${p#/proc/}" 2>/dev/null
+  fi
+done
+for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+if component_alive rabbitmq; then
+  (rabbitmq_env; timeout 20 "$RABBITMQ_LIB/rabbitmqctl" -q stop >/dev/null 2>&1)
+fi
+stop_component rabbitmq
+stop_component epmd
+
+# Mounts (pod netns, overlay rootfs, shm, projected volumes), deepest first.
+awk '{print $5}' /proc/self/mountinfo | grep -E "^($STACK_STATE|$STACK_RUN)(/|$)" | sort -r |
+  while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
+for h in /sys/fs/cgroup/*/; do
+  [ -d "${h}kubepods" ] && find "${h}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null
+done
+ip link del "$BRIDGE" 2>/dev/null
+if [ -f "$STACK_RUN/sysctl.saved" ]; then
+  while IFS='=' read -r k v; do sysctl -qw "$k=$v" 2>/dev/null; done < "$STACK_RUN/sysctl.saved"
+fi
+rm -rf "$STACK_STATE" "$STACK_RUN" "$ETCD_DATA" /var/log/pods /var/log/containers
+
+left=0
+grep -qE " ($STACK_STATE|$STACK_RUN)[/ ]" /proc/self/mountinfo && { echo "down: WARNING mounts left" >&2; left=1; }
+ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { echo "down: WARNING cgroups left" >&2; left=1; }
+ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "down: WARNING bridge $BRIDGE left" >&2; left=1; }
+say "down: stack stopped"
+exit $left

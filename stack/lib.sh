@@ -1,0 +1,86 @@
+# Shared paths and helpers for the local stack scripts. Sourced, never run.
+# shellcheck shell=bash
+STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$STACK_DIR/.." && pwd)
+. "$STACK_DIR/versions.env"
+
+STACK_CACHE=${STACK_CACHE:-/var/cache/dispatcher-stack}   # built binaries and images, keyed by version
+STACK_STATE=/var/lib/dispatcher-stack                     # containerd/kubelet roots, PV data, broker data
+STACK_RUN=/run/dispatcher-stack                           # pids, sockets, saved sysctls
+ETCD_DATA=/dev/shm/dispatcher-stack-etcd
+LOCAL=${LOCAL_DIR:-$REPO_DIR/.local}                      # per-checkout: pki, config, logs, env
+PKI=$LOCAL/pki CONF=$LOCAL/config LOGS=$LOCAL/logs
+
+K8S_BIN=$STACK_CACHE/k8s-$K8S_VERSION/bin
+ETCD=$STACK_CACHE/etcd-$ETCD_VERSION/bin/etcd
+IMAGES=$STACK_CACHE/images-$IMAGES_VERSION
+SOCK=$STACK_RUN/containerd/containerd.sock
+NODE=127.0.0.1
+BRIDGE=dstack0
+POD_SUBNET=10.244.0.0/24
+POD_GATEWAY=10.244.0.1
+KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
+CTR="ctr --address $SOCK -n k8s.io"
+RABBITMQ_LIB=/usr/lib/rabbitmq/bin
+
+# Every component is started in its own session (setsid) so that its process group id is its
+# recorded PID: stopping it never needs a process name.
+start_component() {
+  local name=$1; shift
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$STACK_RUN/pids/$name.pid"
+}
+
+component_alive() {
+  local f=$STACK_RUN/pids/$1.pid
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+fail_component() {
+  local name=$1 why=$2
+  echo "up: $name failed: $why" >&2
+  if [ -f "$LOGS/$name.log" ]; then
+    echo "---- last 30 lines of $LOGS/$name.log ----" >&2
+    tail -n 30 "$LOGS/$name.log" >&2
+  fi
+  exit 1
+}
+
+# waitfor NAME SECONDS CMD... : poll CMD until it succeeds; on timeout name the component and show its log.
+waitfor() {
+  local name=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ! component_alive "$name" && [ -f "$STACK_RUN/pids/$name.pid" ]; then
+      fail_component "$name" "the process exited"
+    fi
+    [ $SECONDS -lt $end ] || fail_component "$name" "not ready after ${secs} s"
+    sleep 0.5
+  done
+}
+
+# stop_component NAME: TERM the process group of the recorded PID, KILL after 10 s.
+stop_component() {
+  local f=$STACK_RUN/pids/$1.pid pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$pid" 2>/dev/null
+  fi
+  rm -f "$f"
+}
+
+rabbitmq_env() {
+  export HOME=$STACK_STATE/rabbitmq/home
+  export RABBITMQ_NODENAME=dispatcher@localhost
+  export RABBITMQ_MNESIA_BASE=$STACK_STATE/rabbitmq/mnesia
+  export RABBITMQ_LOG_BASE=$LOGS/rabbitmq
+  export RABBITMQ_CONFIG_FILE=$CONF/rabbitmq
+  export RABBITMQ_ENABLED_PLUGINS_FILE=$CONF/rabbitmq-enabled-plugins
+  export RABBITMQ_PID_FILE=$STACK_RUN/rabbitmq.beam.pid
+  export ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_DIST_PORT=25672
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+}
