@@ -1,0 +1,49 @@
+# One Makefile for people and CI. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := python3 -m uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help venv up down demo test check lint typecheck unit integration bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.synced  ## create .venv from uv.lock
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen -q
+	@touch $@
+
+up:  ## start RabbitMQ and the single-node Kubernetes (idempotent)
+	bash stack/up.sh
+
+down:  ## stop the local stack and leave nothing behind
+	bash stack/down.sh
+
+demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json, print the response
+	bash scripts/demo.sh
+
+check: lint typecheck  ## static checks: ruff, mypy --strict, import layers
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv  ## fast tests, no services
+	$(PY) -m pytest tests/unit -q
+
+test: venv check up  ## the whole suite on the real stack (what CI runs)
+	set -a && . .local/env && set +a && $(PY) -m pytest tests -q
+
+bench: venv up  ## benchmarks (tables on stdout)
+	set -a && . .local/env && set +a && $(PY) bench/run.py
+
+clean: down
+	rm -rf .local $(VENV)

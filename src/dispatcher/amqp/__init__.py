@@ -1,0 +1,1 @@
+"""RabbitMQ side: queue topology, the task consumer bootstep and the response publisher."""

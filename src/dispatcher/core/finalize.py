@@ -1,0 +1,146 @@
+"""Finalize: read the deciding pod's result, publish the one response, release the Job.
+
+Steps, each safe to repeat: (1) decide — the Job ended, or its pod is still stuck after the
+grace period; (2) claim the Job with a conditional annotation patch so that only one worker
+answers even when several replicas saw the same event; (3) read the logs and publish the
+response with a broker confirm; (4) mark the Job responded and delete it. A crash between (3)
+and (4) can repeat the response after a restart (at-least-once; `message_id` is stable).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dispatcher.config import Settings
+from dispatcher.core.ports import KubeGateway, ResponsePublisher
+from dispatcher.errors import ConflictError, PermanentKubeError
+from dispatcher.kube.conventions import (
+    CLAIM_ANNOTATION,
+    CONTAINER_NAME,
+    CORRELATION_ID_ANNOTATION,
+    REPLY_TO_ANNOTATION,
+    RESPONDED_ANNOTATION,
+    TASK_HASH_ANNOTATION,
+)
+from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.kube.outcome import Verdict, job_finished, judge_finished, judge_stuck, pod_stuck
+from dispatcher.messages.response import Response
+
+log = logging.getLogger(__name__)
+
+CLAIM_TTL = timedelta(minutes=2)
+
+
+class Finalized(enum.Enum):
+    ANSWERED = "answered"
+    ALREADY_ANSWERED = "already answered"
+    GONE = "gone"  # the Job no longer exists (or is another Job with the same name)
+    RUNNING = "running"  # nothing to do yet: the Job runs and is not stuck
+    CLAIMED = "claimed elsewhere"  # another worker is answering it; check again later
+
+
+@dataclass(frozen=True)
+class Result:
+    state: Finalized
+    verdict: Verdict | None = None
+    retry_in: float | None = None  # seconds; set when the caller should look again
+
+
+@dataclass(frozen=True)
+class Context:
+    kube: KubeGateway
+    publisher: ResponsePublisher
+    settings: Settings
+    holder: str  # identifies this worker in the claim annotation
+
+
+def message_id(job_name: str, task_hash: str) -> str:
+    """Stable per task, so consumers can drop a repeated response."""
+    return f"{job_name}.{task_hash[:16]}"
+
+
+def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = None) -> Result:
+    now = now or datetime.now(UTC)
+    job = ctx.kube.get_job(job_name)
+    if job is None or job.get("metadata", {}).get("uid") != job_uid:
+        return Result(Finalized.GONE)
+    annotations = job["metadata"].get("annotations") or {}
+    if RESPONDED_ANNOTATION in annotations:
+        ctx.kube.delete_job(job_name)
+        return Result(Finalized.ALREADY_ANSWERED)
+    verdict = _decide(job, ctx)
+    if verdict is None:
+        return Result(Finalized.RUNNING)
+    if not _claim(job, ctx, now):
+        return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
+    _answer(job, verdict, ctx)
+    ctx.kube.patch_job(job_name, {"metadata": {"annotations": {RESPONDED_ANNOTATION: _ts(now)}}})
+    ctx.kube.delete_job(job_name)
+    log.info("answered Job %s: %s", job_name, verdict.outcome.name)
+    return Result(Finalized.ANSWERED, verdict)
+
+
+def _decide(job: dict[str, Any], ctx: Context) -> Verdict | None:
+    uid = job["metadata"]["uid"]
+    pods = ctx.kube.list_pods(f"batch.kubernetes.io/controller-uid={uid}")
+    if job_finished(job):
+        return judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
+    for pod in pods:
+        stuck = pod_stuck(pod)
+        if stuck is not None:
+            return judge_stuck(pod, stuck)
+    return None
+
+
+def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> bool:
+    """Conditional patch on resourceVersion: exactly one concurrent finalizer wins."""
+    meta = job["metadata"]
+    current = (meta.get("annotations") or {}).get(CLAIM_ANNOTATION)
+    if current and not _claim_expired(current, now) and not current.startswith(ctx.holder + " "):
+        return False
+    patch = {
+        "metadata": {
+            "resourceVersion": meta["resourceVersion"],
+            "annotations": {CLAIM_ANNOTATION: f"{ctx.holder} {_ts(now)}"},
+        }
+    }
+    try:
+        ctx.kube.patch_job(meta["name"], patch)
+    except ConflictError:
+        return False
+    return True
+
+
+def _claim_expired(claim: str, now: datetime) -> bool:
+    try:
+        taken = datetime.fromisoformat(claim.rsplit(" ", 1)[-1])
+    except ValueError:
+        return True
+    return now - taken > CLAIM_TTL
+
+
+def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
+    meta = job["metadata"]
+    annotations = meta.get("annotations") or {}
+    output = None
+    if verdict.pod_name is not None:
+        cap = ctx.settings.max_output_bytes
+        try:
+            output = ctx.kube.read_log(verdict.pod_name, CONTAINER_NAME, cap)
+        except PermanentKubeError as exc:  # e.g. the container never started: no logs exist
+            log.info("no logs for Pod %s: %s", verdict.pod_name, exc)
+    response = Response(id=meta["name"], output=output, exit=verdict.exit_code, error=verdict.error)
+    route = ReplyRoute(
+        correlation_id=annotations.get(CORRELATION_ID_ANNOTATION),
+        reply_to=annotations.get(REPLY_TO_ANNOTATION),
+    )
+    task_hash = annotations.get(TASK_HASH_ANNOTATION, meta.get("uid", ""))
+    ctx.publisher.publish(response, route, message_id(meta["name"], task_hash))
+
+
+def _ts(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

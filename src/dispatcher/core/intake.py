@@ -1,0 +1,61 @@
+"""Intake: what to do with one raw task message, decided without any I/O.
+
+A valid body becomes a `Accepted` (the task and where to reply); anything else becomes a
+`Rejected` carrying the error response to publish at once. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.config import Settings
+from dispatcher.errors import InvalidTaskError
+from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.messages.response import Response
+from dispatcher.messages.task import Task, parse_task
+
+
+@dataclass(frozen=True)
+class Accepted:
+    task: Task
+    route: ReplyRoute
+
+
+@dataclass(frozen=True)
+class Rejected:
+    response: Response
+    route: ReplyRoute
+    message_id: str
+
+
+def route_from_properties(properties: Mapping[str, Any]) -> ReplyRoute:
+    """Only string values count: a producer's odd property types must not crash intake."""
+    correlation_id = properties.get("correlation_id")
+    reply_to = properties.get("reply_to")
+    return ReplyRoute(
+        correlation_id=correlation_id
+        if isinstance(correlation_id, str) and correlation_id
+        else None,
+        reply_to=reply_to if isinstance(reply_to, str) and reply_to else None,
+    )
+
+
+def take(
+    body: bytes | str, properties: Mapping[str, Any], settings: Settings
+) -> Accepted | Rejected:
+    route = route_from_properties(properties)
+    try:
+        task = parse_task(
+            body,
+            max_bytes=settings.max_task_bytes,
+            allowed_image_prefixes=settings.allowed_image_prefixes,
+        )
+    except InvalidTaskError as exc:
+        raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        response = Response(id=exc.task_id, error=str(exc))
+        return Rejected(response, route, f"invalid.{digest}")
+    return Accepted(task, route)

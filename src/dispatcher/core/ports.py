@@ -1,0 +1,44 @@
+"""The seams between the core logic and the outside world.
+
+`core` talks to Kubernetes and to the broker only through these protocols; the real adapters
+live in `dispatcher.kube.client` and `dispatcher.amqp.publisher`, and unit tests pass fakes.
+Kubernetes objects cross the seam as plain JSON dicts (camelCase, as the API server sends them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.messages.response import Response
+
+KubeObject = dict[str, Any]
+
+
+class KubeGateway(Protocol):
+    """The Kubernetes calls the dispatcher makes, all within its own namespace."""
+
+    def create_job(self, manifest: Mapping[str, Any]) -> KubeObject: ...
+
+    def get_job(self, name: str) -> KubeObject | None: ...
+
+    def patch_job(self, name: str, patch: Mapping[str, Any]) -> KubeObject: ...
+
+    def delete_job(self, name: str) -> None: ...
+
+    def list_pods(self, selector: str) -> list[KubeObject]: ...
+
+    def read_log(self, pod: str, container: str, cap: int) -> str: ...
+
+    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]: ...
+
+    def watch_objects(
+        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[KubeObject]: ...
+
+
+class ResponsePublisher(Protocol):
+    """Publishes one response durably (returns once the broker confirmed it)."""
+
+    def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None: ...

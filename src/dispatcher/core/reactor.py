@@ -1,0 +1,89 @@
+"""Turns watch events into finalize requests, once per Job.
+
+The watchers call `on_job` and `on_pod` for every event; the reactor decides when a Job needs
+finalizing — it ended, or its pod is stuck (image pull, scheduling, container config) and the
+grace period should start — and asks for it exactly once per Job uid (per stuck pod) in this
+process. Finalize itself is idempotent and guarded by a claim on the Job, so other replicas or a
+restarted process asking again is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.kube.conventions import RESPONDED_ANNOTATION
+from dispatcher.kube.outcome import job_finished, pod_stuck
+
+log = logging.getLogger(__name__)
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+
+
+@dataclass(frozen=True)
+class FinalizeRequest:
+    job_name: str
+    job_uid: str
+    delay_seconds: float
+    why: str
+
+
+Schedule = Callable[[FinalizeRequest], None]
+
+
+class Reactor:
+    """Event handlers for the Job and Pod watchers. Thread-safe."""
+
+    def __init__(self, schedule: Schedule, *, stuck_grace_seconds: float) -> None:
+        self._schedule = schedule
+        self._grace = stuck_grace_seconds
+        self._lock = threading.Lock()
+        self._finishing: set[str] = set()  # Job uids already handed to finalize
+        self._stuck: set[str] = set()  # Pod uids whose grace period is running
+        self.in_flight: set[str] = set()  # Job uids seen and not yet ended
+
+    def on_job(self, event_type: str, job: dict[str, Any]) -> None:
+        meta = job.get("metadata", {})
+        uid, name = meta.get("uid", ""), meta.get("name", "")
+        if event_type == "DELETED":
+            with self._lock:
+                self._finishing.discard(uid)
+                self.in_flight.discard(uid)
+            return
+        if RESPONDED_ANNOTATION in (meta.get("annotations") or {}):
+            with self._lock:
+                self.in_flight.discard(uid)
+            return
+        if not job_finished(job):
+            with self._lock:
+                self.in_flight.add(uid)
+            return
+        with self._lock:
+            self.in_flight.discard(uid)
+            if uid in self._finishing:
+                return
+            self._finishing.add(uid)
+        self._schedule(FinalizeRequest(name, uid, 0.0, "job ended"))
+
+    def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata", {})
+        pod_uid = meta.get("uid", "")
+        if event_type == "DELETED":
+            with self._lock:
+                self._stuck.discard(pod_uid)
+            return
+        stuck = pod_stuck(pod)
+        labels = meta.get("labels") or {}
+        job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
+        if stuck is None or not job_name or not job_uid:
+            return
+        with self._lock:
+            if pod_uid in self._stuck:
+                return
+            self._stuck.add(pod_uid)
+        log.info("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
+        self._schedule(FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name))

@@ -1,0 +1,51 @@
+"""Submit: turn a valid task into exactly one Kubernetes Job.
+
+Creating a Job whose name (the task id) is taken either joins it — the same task delivered
+twice, recognised by the task hash annotation — or is a conflict with a different task that
+the caller must answer with an error. Kubernetes errors propagate as `KubeError`s; whether to
+retry is the caller's decision (transient vs permanent).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from dispatcher.config import Settings
+from dispatcher.core.ports import KubeGateway
+from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
+from dispatcher.kube.conventions import TASK_HASH_ANNOTATION
+from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.messages.task import Task
+
+log = logging.getLogger(__name__)
+
+
+class Submitted(enum.Enum):
+    CREATED = "created"
+    JOINED = "joined"  # the same task was already running as this Job
+
+
+def submit(task: Task, route: ReplyRoute, *, kube: KubeGateway, settings: Settings) -> Submitted:
+    """Create the Job for `task`, or join the identical one that already exists.
+
+    Raises TaskConflictError when a different task holds the id, and KubeError otherwise.
+    """
+    manifest = build_job(task, route, settings)
+    try:
+        kube.create_job(manifest)
+    except ConflictError:
+        return _join(task, kube)
+    log.info("created Job %s for image %s", task.id, task.image)
+    return Submitted.CREATED
+
+
+def _join(task: Task, kube: KubeGateway) -> Submitted:
+    existing = kube.get_job(task.id)
+    if existing is None:  # deleted between our create and get: try the create again
+        raise TransientKubeError(f"Job {task.id} was deleted while it was being created")
+    annotations = existing.get("metadata", {}).get("annotations") or {}
+    if annotations.get(TASK_HASH_ANNOTATION) == task.digest():
+        log.info("Job %s already exists for the same task; joining it", task.id)
+        return Submitted.JOINED
+    raise TaskConflictError(task.id)

@@ -1,0 +1,222 @@
+"""The only module that talks HTTP to the Kubernetes API.
+
+lightkube supplies configuration and authentication (kubeconfig files, in-cluster service
+account tokens that rotate, exec plugins) and a configured HTTP client; on top of it this adapter
+makes plain JSON calls, so objects are dicts end to end, pod logs arrive as exact bytes, and watch
+streams carry bookmarks and a client-side read timeout. Every HTTP or transport failure leaves
+this module as one of the `dispatcher.errors.KubeError` classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+from lightkube.config import client_adapter
+from lightkube.config.kubeconfig import KubeConfig
+
+from dispatcher.config import Settings
+from dispatcher.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidSpecError,
+    KubeError,
+    NotFoundError,
+    PermanentKubeError,
+    TransientKubeError,
+)
+from dispatcher.messages.output import TailBuffer
+
+log = logging.getLogger(__name__)
+
+KubeObject = dict[str, Any]
+_PATHS = {"jobs": "/apis/batch/v1/namespaces/{ns}/jobs", "pods": "/api/v1/namespaces/{ns}/pods"}
+_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+_PERMANENT_BY_STATUS: dict[int, type[KubeError]] = {
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: InvalidSpecError,
+}
+
+
+def load_config(settings: Settings) -> KubeConfig:
+    """In-cluster service account, or the kubeconfig file (KUBECONFIG or ~/.kube/config)."""
+    if settings.k8s_in_cluster:
+        return KubeConfig.from_service_account()
+    if settings.kubeconfig:
+        return KubeConfig.from_file(settings.kubeconfig)
+    return KubeConfig.from_env()
+
+
+def error_from_response(response: httpx2.Response, action: str) -> KubeError:
+    """Map an HTTP error answer to our error tree, with the API server's own message."""
+    try:
+        message = str(response.json().get("message") or response.reason_phrase)
+    except ValueError:
+        message = response.reason_phrase or f"HTTP {response.status_code}"
+    text = f"{action}: {message} (HTTP {response.status_code})"
+    status = response.status_code
+    if status in _TRANSIENT_STATUSES:
+        return TransientKubeError(text, status)
+    return _PERMANENT_BY_STATUS.get(status, PermanentKubeError)(text, status)
+
+
+class KubeClient:
+    """JSON calls against one namespace. Thread-safe: the HTTP client pools connections."""
+
+    def __init__(self, http: httpx2.Client, namespace: str, *, field_manager: str = "dispatcher"):
+        self._http = http
+        self.namespace = namespace
+        self._field_manager = field_manager
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KubeClient:
+        single = load_config(settings).get()
+        if single is None:
+            raise PermanentKubeError("no Kubernetes context found in the configuration")
+        params = client_adapter.ConnectionParams(timeout=httpx2.Timeout(15.0), trust_env=False)
+        return cls(client_adapter.Client(single, params), settings.job_namespace)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _path(self, kind: str, name: str | None = None, sub: str | None = None) -> str:
+        path = _PATHS[kind].format(ns=quote(self.namespace, safe=""))
+        if name is not None:
+            path += "/" + quote(name, safe="")
+        if sub is not None:
+            path += "/" + sub
+        return path
+
+    def _call(self, method: str, path: str, action: str, **kwargs: Any) -> httpx2.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx2.TransportError as exc:
+            raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        if response.is_error:
+            raise error_from_response(response, action)
+        return response
+
+    def _json(self, method: str, path: str, action: str, **kwargs: Any) -> KubeObject:
+        data: KubeObject = self._call(method, path, action, **kwargs).json()
+        return data
+
+    # -- Jobs ---------------------------------------------------------------------------------
+
+    def create_job(self, manifest: Mapping[str, Any]) -> KubeObject:
+        name = manifest["metadata"]["name"]
+        params = {"fieldManager": self._field_manager}
+        return self._json(
+            "POST", self._path("jobs"), f"create Job {name}", json=dict(manifest), params=params
+        )
+
+    def get_job(self, name: str) -> KubeObject | None:
+        try:
+            return self._json("GET", self._path("jobs", name), f"read Job {name}")
+        except NotFoundError:
+            return None
+
+    def patch_job(self, name: str, patch: Mapping[str, Any]) -> KubeObject:
+        """JSON merge patch; a metadata.resourceVersion in the patch makes it conditional."""
+        headers = {"Content-Type": "application/merge-patch+json"}
+        body = json.dumps(patch).encode()
+        params = {"fieldManager": self._field_manager}
+        return self._json(
+            "PATCH",
+            self._path("jobs", name),
+            f"patch Job {name}",
+            content=body,
+            headers=headers,
+            params=params,
+        )
+
+    def delete_job(self, name: str) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", self._path("jobs", name), f"delete Job {name}", json=body)
+        except NotFoundError:
+            log.debug("Job %s was already deleted", name)
+
+    # -- Pods and logs ------------------------------------------------------------------------
+
+    def list_pods(self, selector: str) -> list[KubeObject]:
+        data = self._json(
+            "GET", self._path("pods"), "list Pods", params={"labelSelector": selector}
+        )
+        items: list[KubeObject] = data.get("items") or []
+        return items
+
+    def read_log(self, pod: str, container: str, cap: int) -> str:
+        """The container's whole log as exact bytes, keeping at most `cap` bytes of the tail."""
+        buffer = TailBuffer(cap)
+        action = f"read the log of Pod {pod}"
+        request = self._http.build_request(
+            "GET",
+            self._path("pods", pod, "log"),
+            params={"container": container},
+            timeout=httpx2.Timeout(15.0, read=60.0),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+            try:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response, action)
+                for chunk in response.iter_bytes(65536):
+                    buffer.feed(chunk)
+            finally:
+                response.close()
+        except httpx2.TransportError as exc:
+            raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        return buffer.text()
+
+    # -- list + watch -------------------------------------------------------------------------
+
+    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]:
+        data = self._json(
+            "GET", self._path(kind), f"list {kind}", params={"labelSelector": selector}
+        )
+        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
+
+    def watch_objects(
+        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[KubeObject]:
+        """Watch events (dicts with `type` and `object`) until the server ends the stream.
+
+        The server closes the stream after `timeout_seconds`; the client gives up reading
+        30 s later, so a connection that silently died cannot hang the watch forever.
+        """
+        params = {
+            "watch": "true",
+            "labelSelector": selector,
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        action = f"watch {kind}"
+        request = self._http.build_request(
+            "GET",
+            self._path(kind),
+            params=params,
+            timeout=httpx2.Timeout(15.0, read=timeout_seconds + 30.0),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+            try:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response, action)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+            finally:
+                response.close()
+        except httpx2.TransportError as exc:
+            raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc

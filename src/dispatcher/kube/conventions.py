@@ -1,0 +1,47 @@
+"""Names on the wire in Kubernetes: label and annotation keys, container and volume names.
+
+Everything the dispatcher writes onto a Job, and later selects or reads back, is named here and
+nowhere else, so the Job builder, the watcher and the finalizer cannot disagree. A Job belongs to
+one installation when it carries both :data:`MANAGED_BY_LABEL` and :data:`INSTANCE_LABEL`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE: Final = "k8s-job-dispatcher"
+INSTANCE_LABEL: Final = "job-dispatcher.io/instance"
+"""Its value is the installation's ``DISPATCHER_NAME``."""
+TASK_ID_LABEL: Final = "job-dispatcher.io/task-id"
+
+TASK_HASH_ANNOTATION: Final = "job-dispatcher.io/task-hash"
+"""SHA-256 of the canonical task: tells a duplicate delivery from a different task."""
+CORRELATION_ID_ANNOTATION: Final = "job-dispatcher.io/correlation-id"
+REPLY_TO_ANNOTATION: Final = "job-dispatcher.io/reply-to"
+RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
+"""RFC 3339 time at which the response was published."""
+CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
+"""``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
+
+CONTAINER_NAME: Final = "task"
+VOLUME_NAME: Final = "work"
+
+
+def job_name(task_id: str) -> str:
+    """The Job's name: the task id itself (a valid RFC 1035 label by construction)."""
+    return task_id
+
+
+def label_selector(dispatcher_name: str) -> str:
+    """The selector matching every Job of one installation."""
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{INSTANCE_LABEL}={dispatcher_name}"
+
+
+def owned_labels(dispatcher_name: str, task_id: str) -> dict[str, str]:
+    """The labels of a Job (and its pods) run for ``task_id`` by one installation."""
+    return {
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        INSTANCE_LABEL: dispatcher_name,
+        TASK_ID_LABEL: task_id,
+    }

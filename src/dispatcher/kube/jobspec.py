@@ -1,0 +1,141 @@
+"""The Kubernetes Job manifest for a task, as a plain JSON-able dict.
+
+:func:`build_job` is the only place that decides what a task's pod looks like. The task chooses
+the image, command, arguments, working directory and mount path; everything that matters for
+safety (namespace, service account, privileges, volumes, deadlines, resources) comes from
+operator settings. The Job runs one pod, never restarted in place; a pod lost to a disruption
+(eviction, preemption, node drain) is retried, a container that fails is not
+(``backoffLimit: 0`` plus a pod failure policy). The workload learns its task id from ``TASK_ID``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from dispatcher.config import Settings
+from dispatcher.kube.conventions import (
+    CONTAINER_NAME,
+    CORRELATION_ID_ANNOTATION,
+    REPLY_TO_ANNOTATION,
+    TASK_HASH_ANNOTATION,
+    VOLUME_NAME,
+    job_name,
+    owned_labels,
+)
+from dispatcher.messages.task import Task
+
+JOB_DEADLINE_MARGIN_SECONDS: Final = 300
+"""The Job-level deadline exceeds the pod's by this much; it is only a backstop."""
+TERMINATION_GRACE_SECONDS: Final = 10
+
+
+@dataclass(frozen=True)
+class ReplyRoute:
+    """Where the response goes: the AMQP ``correlation_id`` and ``reply_to`` of the task."""
+
+    correlation_id: str | None = None
+    reply_to: str | None = None
+
+
+def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, Any]:
+    """The batch/v1 Job manifest for ``task``, in the API server's camelCase form."""
+    labels = owned_labels(settings.dispatcher_name, task.id)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(task.id),
+            "namespace": settings.job_namespace,
+            "labels": labels,
+            "annotations": _annotations(task, route),
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": settings.job_ttl_seconds,
+            "activeDeadlineSeconds": settings.job_max_run_seconds + JOB_DEADLINE_MARGIN_SECONDS,
+            "podFailurePolicy": {"rules": _pod_failure_rules()},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": _pod_spec(task, settings),
+            },
+        },
+    }
+
+
+def _annotations(task: Task, route: ReplyRoute) -> dict[str, str]:
+    annotations = {TASK_HASH_ANNOTATION: task.digest()}
+    if route.correlation_id is not None:
+        annotations[CORRELATION_ID_ANNOTATION] = route.correlation_id
+    if route.reply_to is not None:
+        annotations[REPLY_TO_ANNOTATION] = route.reply_to
+    return annotations
+
+
+def _pod_failure_rules() -> list[dict[str, Any]]:
+    """Retry pods lost to disruptions; fail the Job as soon as the container fails."""
+    return [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "NotIn", "values": [0]},
+        },
+    ]
+
+
+def _pod_spec(task: Task, settings: Settings) -> dict[str, Any]:
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": settings.internal_service_account_name,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "activeDeadlineSeconds": settings.job_max_run_seconds,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [_container(task, settings)],
+        "volumes": [
+            {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": settings.pvc_name}}
+        ],
+    }
+
+
+def _container(task: Task, settings: Settings) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": task.image,
+        "imagePullPolicy": settings.job_image_pull_policy,
+    }
+    if task.cmd is not None:
+        container["command"] = list(task.cmd)
+    if task.args is not None:
+        container["args"] = list(task.args)
+    if task.working_dir is not None:
+        container["workingDir"] = task.working_dir
+    container.update(
+        {
+            "env": [{"name": "TASK_ID", "value": task.id}],
+            "volumeMounts": [{"name": VOLUME_NAME, "mountPath": task.volume_mount_path}],
+            "stdin": False,
+            "stdinOnce": False,
+            "tty": False,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "resources": _resources(settings),
+        }
+    )
+    return container
+
+
+def _resources(settings: Settings) -> dict[str, dict[str, str]]:
+    """Requests and limits from settings; a quantity left empty is not set."""
+    requests = {"cpu": settings.job_cpu_request, "memory": settings.job_memory_request}
+    limits = {"cpu": settings.job_cpu_limit, "memory": settings.job_memory_limit}
+    resources = {
+        "requests": {name: value for name, value in requests.items() if value},
+        "limits": {name: value for name, value in limits.items() if value},
+    }
+    return {kind: values for kind, values in resources.items() if values}

@@ -1,0 +1,206 @@
+"""How a task ended, decided from its Job and Pod objects alone.
+
+Pure functions over the JSON dicts the API server returns (camelCase): no client, no clock, no
+I/O. :func:`job_finished` says when a Job is terminal, :func:`pod_stuck` spots a pod that will not
+start without help (image pull failure, unschedulable, bad container config), and
+:func:`judge_finished` / :func:`judge_stuck` turn what is known into one :class:`Verdict`: the
+outcome, the pod whose logs to return, the exit code and the user-facing error text (one line).
+
+Kubernetes may run a Job's pod more than once; pods lost to a disruption (``DisruptionTarget``)
+never decide the outcome, the newest pod that ran to its end does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Final
+
+from dispatcher.kube.conventions import CONTAINER_NAME
+
+_IMAGE_PULL_REASONS: Final = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+_CONTAINER_CONFIG_REASONS: Final = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+_TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+_DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
+_OOM_ERROR: Final = "the container was killed: out of memory (OOMKilled)"
+_OLDEST: Final = datetime.min.replace(tzinfo=UTC)
+
+
+class Outcome(Enum):
+    """How a task ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    UNSCHEDULABLE = "unschedulable"
+    CONTAINER_CONFIG_ERROR = "container_config_error"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decided result of a task, ready to become a response."""
+
+    outcome: Outcome
+    pod_name: str | None
+    """The pod whose logs are the output; None: there is no output."""
+    exit_code: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A pod that cannot start on its own, and why, in words for the user."""
+
+    outcome: Outcome
+    message: str
+
+
+def job_finished(job: Mapping[str, Any]) -> bool:
+    """True when the Job has a ``Complete`` or ``Failed`` condition with status True."""
+    return any(_condition(job, kind) is not None for kind in ("Complete", "Failed"))
+
+
+def job_failure_reason(job: Mapping[str, Any]) -> str | None:
+    """The reason of the Job's ``Failed`` condition (e.g. DeadlineExceeded, PodFailurePolicy)."""
+    failed = _condition(job, "Failed")
+    return None if failed is None else failed.get("reason")
+
+
+def pod_stuck(pod: Mapping[str, Any]) -> Stuck | None:
+    """Why a pod cannot start without help, or None when it is not stuck (as far as seen)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in _TERMINAL_PHASES:
+        return None
+    for container in status.get("containerStatuses") or ():
+        stuck = _container_stuck(pod, container)
+        if stuck is not None:
+            return stuck
+    scheduled = _condition(pod, "PodScheduled", status="False")
+    if scheduled is not None and scheduled.get("reason") == "Unschedulable":
+        message = _one_line(scheduled.get("message") or "Unschedulable")
+        return Stuck(Outcome.UNSCHEDULABLE, f"the pod could not be scheduled: {message}")
+    return None
+
+
+def deciding_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The newest pod that ran to its end and was not disrupted, or None."""
+    candidates = [
+        pod
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") in _TERMINAL_PHASES
+        and _condition(pod, "DisruptionTarget") is None
+    ]
+    return max(candidates, key=_age_key, default=None)
+
+
+def judge_finished(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, max_run_seconds: int
+) -> Verdict:
+    """The verdict on a finished Job, from the pod that decided it."""
+    pod = deciding_pod(pods)
+    if _deadline_exceeded(job, pod):
+        shown = pod or max(pods, key=_age_key, default=None)
+        error = f"deadline exceeded: the task ran longer than {max_run_seconds} s"
+        return Verdict(Outcome.DEADLINE_EXCEEDED, _name(shown), None, error)
+    terminated = _terminated(pod)
+    if pod is None or terminated is None:
+        return Verdict(Outcome.LOST, None, None, _lost_error(job))
+    exit_code = terminated.get("exitCode")
+    if terminated.get("reason") == "OOMKilled":
+        return Verdict(Outcome.FAILED, _name(pod), exit_code, _OOM_ERROR)
+    outcome = Outcome.SUCCEEDED if exit_code == 0 else Outcome.FAILED
+    return Verdict(outcome, _name(pod), exit_code, None)
+
+
+def judge_stuck(pod: Mapping[str, Any], stuck: Stuck) -> Verdict:
+    """The verdict on a task whose pod never started: no output, no exit code."""
+    return Verdict(stuck.outcome, None, None, stuck.message)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _condition(
+    obj: Mapping[str, Any], kind: str, *, status: str = "True"
+) -> Mapping[str, Any] | None:
+    """The object's condition of type ``kind`` with the given status, if any."""
+    conditions: Sequence[Mapping[str, Any]] = (obj.get("status") or {}).get("conditions") or ()
+    for condition in conditions:
+        if condition.get("type") == kind and condition.get("status") == status:
+            return condition
+    return None
+
+
+def _container_stuck(pod: Mapping[str, Any], container: Mapping[str, Any]) -> Stuck | None:
+    waiting = (container.get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    detail = _one_line(waiting.get("message") or reason or "")
+    if reason in _IMAGE_PULL_REASONS:
+        image = container.get("image") or _spec_image(pod, container.get("name"))
+        return Stuck(Outcome.IMAGE_PULL_FAILED, f"image '{image}' could not be pulled: {detail}")
+    if reason in _CONTAINER_CONFIG_REASONS:
+        return Stuck(
+            Outcome.CONTAINER_CONFIG_ERROR, f"the container could not be started: {detail}"
+        )
+    return None
+
+
+def _spec_image(pod: Mapping[str, Any], container_name: object) -> str:
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        if container.get("name") == container_name:
+            return str(container.get("image", ""))
+    return ""
+
+
+def _deadline_exceeded(job: Mapping[str, Any], pod: Mapping[str, Any] | None) -> bool:
+    pod_reason = None if pod is None else (pod.get("status") or {}).get("reason")
+    return _DEADLINE_EXCEEDED in (pod_reason, job_failure_reason(job))
+
+
+def _terminated(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The terminated state of the task container of ``pod``, if it has one."""
+    if pod is None:
+        return None
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        terminated = (container.get("state") or {}).get("terminated")
+        if container.get("name") == CONTAINER_NAME and isinstance(terminated, Mapping):
+            return terminated
+    return None
+
+
+def _lost_error(job: Mapping[str, Any]) -> str:
+    condition = _condition(job, "Failed") or _condition(job, "Complete") or {}
+    detail = ": ".join(
+        _one_line(str(part)) for part in (condition.get("reason"), condition.get("message")) if part
+    )
+    suffix = f" ({detail})" if detail else ""
+    return f"the job ended without a container result{suffix}"
+
+
+def _age_key(pod: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Sort key: creation time, then name (creationTimestamp has one-second resolution)."""
+    metadata = pod.get("metadata") or {}
+    created = metadata.get("creationTimestamp")
+    try:
+        when = datetime.fromisoformat(created) if isinstance(created, str) else _OLDEST
+    except ValueError:
+        when = _OLDEST
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when, str(metadata.get("name", ""))
+
+
+def _name(pod: Mapping[str, Any] | None) -> str | None:
+    return None if pod is None else (pod.get("metadata") or {}).get("name")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

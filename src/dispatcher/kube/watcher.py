@@ -1,0 +1,128 @@
+"""One list+watch loop per kind over all of this dispatcher's objects.
+
+Split as kopf does it: `run` reconnects forever with backoff; `_list_then_watch` lists, hands
+every object to the handler (this is how Jobs that ended while the dispatcher was down are
+found), then watches from the list's resourceVersion and re-lists on 410 Gone; each watch request
+is one bounded stream with bookmarks. A stream that ends quietly only means "watch again" —
+never that a Job failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from dispatcher.errors import KubeError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, Any]], None]
+"""Called with (event type, object): ADDED/MODIFIED/DELETED, or LISTED for the initial list."""
+
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class Lister(Protocol):
+    """What a watcher needs from the API client (`KubeClient` provides it)."""
+
+    def list_objects(self, kind: str, selector: str) -> tuple[list[dict[str, Any]], str]: ...
+
+    def watch_objects(
+        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[dict[str, Any]]: ...
+
+
+class WatchExpiredError(Exception):
+    """The resourceVersion is too old (410 Gone): list again."""
+
+
+class Watcher:
+    """Keeps one list+watch of `kind` objects matching `selector` running until `stop()`."""
+
+    def __init__(
+        self,
+        kube: Lister,
+        kind: str,
+        selector: str,
+        handler: Handler,
+        *,
+        timeout_seconds: int = 240,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self._kube = kube
+        self.kind = kind
+        self._selector = selector
+        self._handler = handler
+        self._timeout = timeout_seconds
+        self._on_restart = on_restart or (lambda reason: None)
+        self._stopping = threading.Event()
+        self.established = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        """Reconnect forever, with exponential backoff after failures."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._list_then_watch()
+                failures = 0
+            except WatchExpiredError:
+                log.info("watch of %s expired (410 Gone); listing again", self.kind)
+                self._restart("expired")
+            except KubeError as exc:
+                self.established.clear()
+                failures += 1
+                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
+                log.warning(
+                    "watch of %s failed: %s; retrying in %.1f s (attempt %d)",
+                    self.kind,
+                    exc,
+                    delay,
+                    failures,
+                )
+                self._restart("error")
+                self._stopping.wait(delay)
+
+    def _restart(self, reason: str) -> None:
+        self._on_restart(reason)
+
+    def _list_then_watch(self) -> None:
+        items, version = self._kube.list_objects(self.kind, self._selector)
+        log.debug("listed %d %s at resourceVersion %s", len(items), self.kind, version)
+        for obj in items:
+            self._handle("LISTED", obj)
+        self.established.set()
+        while not self._stopping.is_set():
+            version = self._watch_once(version)
+
+    def _watch_once(self, version: str) -> str:
+        """One watch request; returns the resourceVersion to continue from."""
+        stream = self._kube.watch_objects(self.kind, self._selector, version, self._timeout)
+        for event in stream:
+            if self._stopping.is_set():
+                break
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                raise _error_event(obj)
+            version = obj.get("metadata", {}).get("resourceVersion") or version
+            if kind != "BOOKMARK":
+                self._handle(str(kind), obj)
+        return version
+
+    def _handle(self, event_type: str, obj: dict[str, Any]) -> None:
+        try:
+            self._handler(event_type, obj)
+        except Exception:
+            name = obj.get("metadata", {}).get("name")
+            log.exception("handling %s %s %s failed", event_type, self.kind, name)
+
+
+def _error_event(status: dict[str, Any]) -> Exception:
+    if status.get("code") == 410:
+        return WatchExpiredError(status.get("message", "410 Gone"))
+    return KubeError(f"watch error: {status.get('message')} (code {status.get('code')})")

@@ -1,0 +1,48 @@
+"""Response messages: the one JSON answer every task message gets.
+
+A :class:`Response` carries only the fields that apply (``id``, ``output``, ``exit``, ``error``,
+always in that order) and encodes to compact UTF-8 JSON. :func:`error_response` turns the
+dispatcher's own exceptions into the one-line ``error`` text users see; it never produces a
+traceback or a library repr.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.errors import InvalidTaskError, KubeError, TaskConflictError
+
+
+@dataclass(frozen=True)
+class Response:
+    """The answer to one task: its logs and exit code, or an error, or both."""
+
+    id: str | None = None
+    output: str | None = None
+    exit: int | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object: only the fields that are set, in the order id, output, exit, error."""
+        document = {"id": self.id, "output": self.output, "exit": self.exit, "error": self.error}
+        return {key: value for key, value in document.items() if value is not None}
+
+    def encode(self) -> bytes:
+        """Compact UTF-8 JSON, non-ASCII characters kept as they are."""
+        text = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="replace")
+
+
+def error_response(
+    exc: InvalidTaskError | TaskConflictError | KubeError | str, task_id: str | None
+) -> Response:
+    """The response for a task that failed before or instead of producing a result.
+
+    When ``task_id`` is None, the id an :class:`InvalidTaskError` or :class:`TaskConflictError`
+    carries is used. The error text is ``str(exc)`` folded onto one line.
+    """
+    if task_id is None and isinstance(exc, InvalidTaskError | TaskConflictError):
+        task_id = exc.task_id
+    return Response(id=task_id, error=" ".join(str(exc).split()))

@@ -1,0 +1,283 @@
+"""Task messages: parse raw bytes into a valid :class:`Task`, or say exactly what is wrong.
+
+Parse, don't validate: :func:`parse_task` returns a :class:`Task` whose every field already obeys
+the contract (the id is a valid Job name, the image a valid reference allowed by policy, the mount
+path safe to mount), or raises :class:`~dispatcher.errors.InvalidTaskError` whose text names the
+field and the rule in one line, e.g. ``args[2]: must be a string, got number``. Fields are checked
+in a fixed order (id, image, volume_mount_path, working_dir, cmd, args), so the same bad message
+always gets the same answer. Unknown fields are ignored: nothing else in a task can reach the Job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+from dispatcher.errors import InvalidTaskError
+
+MAX_ID_LENGTH: Final = 63
+MAX_IMAGE_LENGTH: Final = 512
+MAX_PATH_LENGTH: Final = 1024
+MAX_LIST_ITEMS: Final = 1024
+_PEEK_ID_LENGTH: Final = 253
+
+_ID = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+# The shape of a container image reference (github.com/distribution/reference), simplified:
+# [registry[:port]/]path[:tag][@sha256:<64 hex>], with lower-case path components.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?"
+)
+
+_ID_RULE: Final = (
+    "must be an RFC 1035 label: 1 to 63 lower-case letters, digits or '-', "
+    "starting with a letter and ending with a letter or digit"
+)
+_IMAGE_RULE: Final = (
+    "must be a container image reference like registry.example.com/team/app:1.0 "
+    "(lower-case path, optional :tag and @sha256:digest)"
+)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A valid task: what to run and where to mount the shared volume."""
+
+    id: str
+    image: str
+    volume_mount_path: str
+    working_dir: str | None = None
+    args: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object of this task: only the fields that are set."""
+        document: dict[str, Any] = {
+            "id": self.id,
+            "image": self.image,
+            "volume_mount_path": self.volume_mount_path,
+        }
+        if self.working_dir is not None:
+            document["working_dir"] = self.working_dir
+        if self.args is not None:
+            document["args"] = list(self.args)
+        if self.cmd is not None:
+            document["cmd"] = list(self.cmd)
+        return document
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical JSON: equal for equal tasks, whatever the field order."""
+        canonical = json.dumps(
+            self.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_task(
+    body: bytes | str,
+    *,
+    max_bytes: int = 65536,
+    allowed_image_prefixes: Sequence[str] = (),
+) -> Task:
+    """Parse a raw task message; raise InvalidTaskError naming the first broken rule."""
+    document = _load_object(body, max_bytes)
+    task_id = _parse_id(document)
+    try:
+        return Task(
+            id=task_id,
+            image=_parse_image(document, allowed_image_prefixes),
+            volume_mount_path=_parse_mount_path(document),
+            working_dir=_parse_working_dir(document),
+            cmd=_parse_strings(document, "cmd"),
+            args=_parse_strings(document, "args"),
+        )
+    except InvalidTaskError as exc:
+        raise InvalidTaskError(exc.field, exc.reason, task_id) from None
+
+
+def peek_task_id(body: bytes | str) -> str | None:
+    """Best effort: the string ``id`` of a JSON object body (at most 253 chars), else None."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError, TypeError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    task_id = document.get("id")
+    if isinstance(task_id, str) and len(task_id) <= _PEEK_ID_LENGTH:
+        return task_id
+    return None
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type: object, array, string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+# --- the message as a whole -------------------------------------------------------------------
+
+
+class _RejectedConstant(Exception):
+    """NaN, Infinity and -Infinity are JavaScript, not JSON."""
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise _RejectedConstant(f"{name} is not a JSON value")
+
+
+def _load_object(body: bytes | str, max_bytes: int) -> Mapping[str, Any]:
+    raw = _as_bytes(body)
+    if len(raw) > max_bytes:
+        raise InvalidTaskError(
+            "message", f"is {len(raw)} bytes; the limit is {max_bytes} bytes (MAX_TASK_BYTES)"
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidTaskError("message", "is not UTF-8 text") from None
+    document = _load_json(text)
+    if not isinstance(document, dict):
+        raise InvalidTaskError("message", f"must be a JSON object, got {_json_type(document)}")
+    return document
+
+
+def _as_bytes(body: bytes | str) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    try:
+        return body.encode()
+    except UnicodeEncodeError:
+        raise InvalidTaskError("message", "is not UTF-8 text") from None
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except _RejectedConstant as exc:
+        reason = str(exc)
+    except RecursionError:
+        reason = "it is nested too deeply"
+    except ValueError:  # an integer literal with thousands of digits
+        reason = "a number has too many digits"
+    raise InvalidTaskError("message", f"is not valid JSON: {reason}")
+
+
+# --- fields ------------------------------------------------------------------------------------
+
+
+def _required_string(document: Mapping[str, Any], field: str) -> str:
+    if field not in document:
+        raise InvalidTaskError(field, "is required")
+    return _string(document[field], field)
+
+
+def _optional(document: Mapping[str, Any], field: str) -> Any:
+    """The field's value, or None when it is absent or null (both mean "not set")."""
+    return document.get(field)
+
+
+def _string(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidTaskError(field, f"must be a string, got {_json_type(value)}")
+    if not value:
+        raise InvalidTaskError(field, "must not be empty")
+    return value
+
+
+def _parse_id(document: Mapping[str, Any]) -> str:
+    task_id = _required_string(document, "id")
+    if len(task_id) > MAX_ID_LENGTH:
+        raise InvalidTaskError(
+            "id", f"must be at most {MAX_ID_LENGTH} characters, got {len(task_id)}"
+        )
+    if not _ID.fullmatch(task_id):
+        raise InvalidTaskError("id", _ID_RULE)
+    return task_id
+
+
+def _parse_image(document: Mapping[str, Any], allowed_prefixes: Sequence[str]) -> str:
+    image = _required_string(document, "image")
+    _check_length(image, "image", MAX_IMAGE_LENGTH)
+    if _WHITESPACE_OR_CONTROL.search(image):
+        raise InvalidTaskError("image", "must not contain whitespace or control characters")
+    if not _IMAGE.fullmatch(image):
+        raise InvalidTaskError("image", _IMAGE_RULE)
+    if allowed_prefixes and not image.startswith(tuple(allowed_prefixes)):
+        raise InvalidTaskError(
+            "image", f"'{image}' is not allowed; allowed prefixes: {', '.join(allowed_prefixes)}"
+        )
+    return image
+
+
+def _parse_mount_path(document: Mapping[str, Any]) -> str:
+    path = _required_string(document, "volume_mount_path")
+    _check_path(path, "volume_mount_path")
+    if ":" in path:
+        raise InvalidTaskError("volume_mount_path", "must not contain ':'")
+    segments = path.split("/")
+    if ".." in segments:
+        raise InvalidTaskError("volume_mount_path", "must not contain a '..' segment")
+    if all(segment in ("", ".") for segment in segments):
+        raise InvalidTaskError("volume_mount_path", "must not be the root directory '/'")
+    return path
+
+
+def _parse_working_dir(document: Mapping[str, Any]) -> str | None:
+    value = _optional(document, "working_dir")
+    if value is None:
+        return None
+    path = _string(value, "working_dir")
+    _check_path(path, "working_dir")
+    return path
+
+
+def _check_path(path: str, field: str) -> None:
+    _check_length(path, field, MAX_PATH_LENGTH)
+    if _CONTROL.search(path):
+        raise InvalidTaskError(field, "must not contain control characters")
+    if not path.startswith("/"):
+        raise InvalidTaskError(field, "must be an absolute path")
+
+
+def _check_length(value: str, field: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidTaskError(field, f"must be at most {limit} characters, got {len(value)}")
+
+
+def _parse_strings(document: Mapping[str, Any], field: str) -> tuple[str, ...] | None:
+    value = _optional(document, field)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise InvalidTaskError(field, f"must be an array of strings, got {_json_type(value)}")
+    if len(value) > MAX_LIST_ITEMS:
+        raise InvalidTaskError(field, f"must have at most {MAX_LIST_ITEMS} items, got {len(value)}")
+    return tuple(_list_item(item, f"{field}[{index}]") for index, item in enumerate(value))
+
+
+def _list_item(item: object, name: str) -> str:
+    if not isinstance(item, str):
+        raise InvalidTaskError(name, f"must be a string, got {_json_type(item)}")
+    if "\x00" in item:
+        raise InvalidTaskError(name, "must not contain NUL characters")
+    return item

@@ -1,0 +1,46 @@
+"""The Celery app: JSON only, confirmed publishes, late acks, our bootsteps and tasks."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from dispatcher.amqp.consumer import TaskConsumerStep
+from dispatcher.amqp.topology import internal_queue
+from dispatcher.config import Settings
+from dispatcher.worker.runtime import Runtime
+from dispatcher.worker.steps import JobWatchStep
+from dispatcher.worker.tasks import register_tasks
+
+
+def create_app(settings: Settings) -> Celery:
+    app = Celery("dispatcher", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        # JSON only: pickle is neither sent nor accepted anywhere.
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        # Every publish (tasks, retries, responses) waits for the broker's confirm.
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        broker_heartbeat=30,
+        task_queues=[internal_queue(settings)],
+        task_default_queue=settings.celery_queue_name,
+        task_default_delivery_mode="persistent",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        worker_enable_remote_control=False,
+        task_send_sent_event=False,
+    )
+    app.dispatcher = Runtime(app, settings)
+    register_tasks(app)
+    app.steps["consumer"].add(TaskConsumerStep)
+    app.steps["worker"].add(JobWatchStep)
+    return app

@@ -1,0 +1,38 @@
+"""What the Celery tasks and bootsteps of one worker process share: settings and clients.
+
+Built once per worker by `create_app` and hung on the Celery app (the only process-wide object);
+clients are created on first use so that merely building the app needs no cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from functools import cached_property
+from typing import Any
+
+from dispatcher.amqp.publisher import AmqpResponsePublisher
+from dispatcher.config import Settings
+from dispatcher.core.finalize import Context
+from dispatcher.kube.client import KubeClient
+
+
+class Runtime:
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.holder = f"{socket.gethostname()}/{os.getpid()}"
+        self._lock = threading.Lock()
+
+    @cached_property
+    def kube(self) -> KubeClient:
+        with self._lock:
+            return KubeClient.from_settings(self.settings)
+
+    @cached_property
+    def publisher(self) -> AmqpResponsePublisher:
+        return AmqpResponsePublisher(self.app.producer_pool, self.settings)
+
+    def finalize_context(self) -> Context:
+        return Context(self.kube, self.publisher, self.settings, self.holder)

@@ -1,0 +1,110 @@
+"""The local stack really runs pods: logs and exit codes through the API, the PVC, RBAC."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.kube.client import KubeClient
+from tests.support.stack import kubectl, stack_env
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def kube() -> KubeClient:
+    env = stack_env()
+    settings = Settings.from_env({**env, "JOB_NAMESPACE": "dispatcher"})
+    return KubeClient.from_settings(settings)
+
+
+def run_job(
+    kube: KubeClient, command: str, **container: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Create a one-pod Job with the test image; wait until it ends; return (job, pod)."""
+    name = "stack-" + uuid.uuid4().hex[:8]
+    env = stack_env()
+    manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": "dispatcher", "labels": {"test": "stack"}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "task",
+                            "image": env["TEST_IMAGE"],
+                            "imagePullPolicy": "IfNotPresent",
+                            "command": ["/bin/sh", "-c", command],
+                            **container,
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "work", "persistentVolumeClaim": {"claimName": "worker-pv-claim"}}
+                    ],
+                }
+            },
+        },
+    }
+    created = kube.create_job(manifest)
+    deadline = time.monotonic() + 120
+    job = created
+    while time.monotonic() < deadline:
+        job = kube.get_job(name) or job
+        conditions = {c["type"]: c["status"] for c in job.get("status", {}).get("conditions", [])}
+        if conditions.get("Complete") == "True" or conditions.get("Failed") == "True":
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"Job {name} did not end: {json.dumps(job.get('status'))}")
+    pods = kube.list_pods(f"batch.kubernetes.io/controller-uid={created['metadata']['uid']}")
+    assert len(pods) == 1
+    return job, pods[0]
+
+
+def test_failing_job_reports_logs_and_exit_code_through_the_api(kube: KubeClient) -> None:
+    job, pod = run_job(kube, "echo hello; echo oops >&2; exit 3")
+    try:
+        conditions = {c["type"]: c["status"] for c in job["status"]["conditions"]}
+        assert conditions["Failed"] == "True"
+        logs = kube.read_log(pod["metadata"]["name"], "task", 1 << 20)
+        assert set(logs.splitlines()) == {"hello", "oops"}
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 3
+    finally:
+        kube.delete_job(job["metadata"]["name"])
+
+
+def test_job_reads_the_seeded_file_on_the_claim_from_its_working_directory(
+    kube: KubeClient,
+) -> None:
+    job, pod = run_job(
+        kube,
+        "pwd; cat seed.txt",
+        workingDir="/data/work",
+        volumeMounts=[{"name": "work", "mountPath": "/data/work"}],
+    )
+    try:
+        logs = kube.read_log(pod["metadata"]["name"], "task", 1 << 20)
+        assert logs == "/data/work\nseeded by the local stack\n"
+        assert pod["status"]["phase"] == "Succeeded"
+    finally:
+        kube.delete_job(job["metadata"]["name"])
+
+
+def test_rbac_is_enforced_for_a_service_account_that_was_granted_nothing() -> None:
+    as_sa = "--as=system:serviceaccount:dispatcher:job-internal"
+    denied = kubectl("auth", "can-i", "list", "secrets", "-n", "dispatcher", as_sa, check=False)
+    assert (denied.returncode, denied.stdout.strip()) == (1, "no")
+    denied = kubectl("auth", "can-i", "create", "jobs", "-n", "dispatcher", as_sa, check=False)
+    assert denied.stdout.strip() == "no"
+    allowed = kubectl("auth", "can-i", "create", "jobs", "-n", "dispatcher")
+    assert allowed.stdout.strip() == "yes"  # the admin can, so the "no" above is RBAC's answer

@@ -1,0 +1,231 @@
+"""The local stack as tests see it: settings from `.local/env`, a broker client, a worker process.
+
+Integration and end-to-end tests need `make up` to have run (`make test` does it); when its
+environment is missing they fail with that instruction instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection, Exchange, Producer, Queue
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / ".local"
+KUBECTL = None  # resolved lazily from stack/versions.env
+
+
+def stack_env() -> dict[str, str]:
+    """The variables `make up` wrote to .local/env."""
+    path = LOCAL / "env"
+    if not path.exists():
+        raise RuntimeError("the local stack is not up: run `make up` (or `make test`) first")
+    env = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key:
+            env[key] = value
+    return env
+
+
+def kubectl_path() -> str:
+    versions = dict(
+        line.split("=", 1)
+        for line in (REPO / "stack/versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    cache = os.environ.get("STACK_CACHE", "/var/cache/dispatcher-stack")
+    return f"{cache}/k8s-{versions['K8S_VERSION']}/bin/kubectl"
+
+
+def kubectl(
+    *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [kubectl_path(), f"--kubeconfig={LOCAL / 'kubeconfig'}", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, check=check, input=input, timeout=120
+    )
+
+
+@dataclass
+class Instance:
+    """One isolated dispatcher installation: its own queues, exchanges and Job label."""
+
+    name: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:8])
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        base = stack_env()
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "TASK_", "RESPONSE_"))
+        }
+        env.update(base)
+        env.update(
+            {
+                "JOB_NAMESPACE": "dispatcher",
+                "DISPATCHER_NAME": self.name,
+                "TASK_QUEUE_NAME": f"{self.name}.tasks",
+                "TASK_EXCHANGE_NAME": f"{self.name}.tasks",
+                "RESPONSE_QUEUE_NAME": f"{self.name}.responses",
+                "RESPONSE_EXCHANGE_NAME": f"{self.name}.responses",
+                "CELERY_QUEUE_NAME": f"{self.name}.internal",
+                "HEALTH_PORT": "0",
+                "LOG_LEVEL": "INFO",
+            }
+        )
+        env.update(self.extra)
+        return env
+
+    @property
+    def broker_url(self) -> str:
+        env = stack_env()
+        return f"amqp://{env['AMQP_USER']}:{env['AMQP_PASSWORD']}@{env['AMQP_HOST']}:{env['AMQP_PORT']}//"
+
+
+class Broker:
+    """Publishes raw task messages and collects responses of one Instance."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        env = instance.env()
+        self.conn = Connection(instance.broker_url, transport_options={"confirm_publish": True})
+        self.task_exchange = Exchange(env["TASK_EXCHANGE_NAME"], type="direct", durable=True)
+        self.task_queue = Queue(
+            env["TASK_QUEUE_NAME"], self.task_exchange, routing_key="task", durable=True
+        )
+        self.response_exchange = Exchange(
+            env["RESPONSE_EXCHANGE_NAME"], type="direct", durable=True
+        )
+        self.response_queue = Queue(
+            env["RESPONSE_QUEUE_NAME"], self.response_exchange, routing_key="response", durable=True
+        )
+        channel = self.conn.default_channel
+        self.task_queue(channel).declare()
+        self.response_queue(channel).declare()
+        self._seen: list[Any] = []
+
+    def publish(self, body: bytes | str | Mapping[str, Any], **properties: Any) -> None:
+        if isinstance(body, Mapping):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        Producer(self.conn.default_channel).publish(
+            body,
+            exchange=self.task_exchange,
+            routing_key="task",
+            content_type=properties.pop("content_type", "application/json"),
+            content_encoding="binary",
+            delivery_mode=2,
+            **properties,
+        )
+
+    def responses(self, count: int, timeout: float = 120.0) -> list[Any]:
+        """Wait for `count` responses on the response queue (kombu messages, acked)."""
+        deadline = time.monotonic() + timeout
+        queue = self.response_queue(self.conn.default_channel)
+        while len(self._seen) < count and time.monotonic() < deadline:
+            message = queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.2)
+                continue
+            self._seen.append(message)
+        got, self._seen = self._seen[:count], self._seen[count:]
+        if len(got) < count:
+            raise AssertionError(
+                f"expected {count} responses within {timeout:g} s, got {len(got)}: "
+                f"{[m.body for m in got]}"
+            )
+        return got
+
+    def response(self, timeout: float = 120.0) -> dict[str, Any]:
+        return json.loads(self.responses(1, timeout)[0].body)
+
+    def no_more_responses(self, wait: float) -> list[bytes]:
+        time.sleep(wait)
+        queue = self.response_queue(self.conn.default_channel)
+        extra = []
+        while (message := queue.get(no_ack=True)) is not None:
+            extra.append(message.body)
+        return extra
+
+    def consumers(self, queue_name: str) -> int:
+        _, _, consumers = self.conn.default_channel.queue_declare(queue_name, passive=True)
+        return int(consumers)
+
+    def close(self) -> None:
+        channel = self.conn.default_channel
+        for name in (
+            self.task_queue.name,
+            self.response_queue.name,
+            f"{self.instance.name}.internal",
+        ):
+            try:
+                channel.queue_delete(name)
+            except Exception:
+                channel = self.conn.channel()
+        self.conn.release()
+
+
+class Worker:
+    """A `dispatcher worker` process for one Instance, stopped by its PID."""
+
+    def __init__(self, instance: Instance, log_dir: Path) -> None:
+        self.instance = instance
+        self.log_path = log_dir / f"worker-{instance.name}-{uuid.uuid4().hex[:4]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, broker: Broker, timeout: float = 60.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.cli", "worker", "--concurrency", "4"],
+            env=self.instance.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while broker.consumers(broker.task_queue.name) < 1:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker not consuming after {timeout:g} s:\n{self.log()}")
+            time.sleep(0.2)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@contextmanager
+def running(instance: Instance, log_dir: Path) -> Iterator[tuple[Broker, Worker]]:
+    broker = Broker(instance)
+    worker = Worker(instance, log_dir)
+    try:
+        worker.start(broker)
+        yield broker, worker
+    finally:
+        worker.stop()
+        broker.close()

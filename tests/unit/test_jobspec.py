@@ -1,0 +1,197 @@
+"""The Job manifest: what the task may choose, and everything it may not."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.messages.task import parse_task
+
+SETTINGS = Settings.from_env(
+    {
+        "JOB_NAMESPACE": "jobs",
+        "DISPATCHER_NAME": "blue",
+        "INTERNAL_SERVICE_ACCOUNT_NAME": "job-runner",
+        "PVC_NAME": "shared-claim",
+        "JOB_MAX_RUN_SECONDS": "600",
+        "JOB_TTL_SECONDS": "3600",
+        "JOB_IMAGE_PULL_POLICY": "Never",
+        "JOB_CPU_LIMIT": "1",
+        "JOB_MEMORY_LIMIT": "256Mi",
+    }
+)
+TASK_BODY = {
+    "id": "t-1",
+    "image": "localhost/testbox:1.0",
+    "volume_mount_path": "/work",
+    "working_dir": "/work/run",
+    "cmd": ["/bin/sh", "-c"],
+    "args": ["echo hello > out.txt"],
+}
+LABELS = {
+    "app.kubernetes.io/managed-by": "k8s-job-dispatcher",
+    "job-dispatcher.io/instance": "blue",
+    "job-dispatcher.io/task-id": "t-1",
+}
+
+
+def job_for(
+    document: dict[str, Any], route: ReplyRoute | None = None, settings: Settings = SETTINGS
+) -> Any:
+    return build_job(parse_task(json.dumps(document)), route or ReplyRoute(), settings)
+
+
+def test_full_task_becomes_this_job() -> None:
+    task = parse_task(json.dumps(TASK_BODY))
+    route = ReplyRoute(correlation_id="c-42", reply_to="amq.rabbitmq.reply-to.g2dkAA")
+
+    assert build_job(task, route, SETTINGS) == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": "t-1",
+            "namespace": "jobs",
+            "labels": LABELS,
+            "annotations": {
+                "job-dispatcher.io/task-hash": task.digest(),
+                "job-dispatcher.io/correlation-id": "c-42",
+                "job-dispatcher.io/reply-to": "amq.rabbitmq.reply-to.g2dkAA",
+            },
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "ttlSecondsAfterFinished": 3600,
+            "activeDeadlineSeconds": 900,
+            "podFailurePolicy": {
+                "rules": [
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "task",
+                            "operator": "NotIn",
+                            "values": [0],
+                        },
+                    },
+                ]
+            },
+            "template": {
+                "metadata": {"labels": LABELS},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "job-runner",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "activeDeadlineSeconds": 600,
+                    "terminationGracePeriodSeconds": 10,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "task",
+                            "image": "localhost/testbox:1.0",
+                            "imagePullPolicy": "Never",
+                            "command": ["/bin/sh", "-c"],
+                            "args": ["echo hello > out.txt"],
+                            "workingDir": "/work/run",
+                            "env": [{"name": "TASK_ID", "value": "t-1"}],
+                            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+                            "stdin": False,
+                            "stdinOnce": False,
+                            "tty": False,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "privileged": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "64Mi"},
+                                "limits": {"cpu": "1", "memory": "256Mi"},
+                            },
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "work", "persistentVolumeClaim": {"claimName": "shared-claim"}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def test_manifest_is_plain_json() -> None:
+    job = job_for(TASK_BODY)
+
+    assert json.loads(json.dumps(job)) == job
+
+
+def test_unset_task_fields_leave_the_image_defaults() -> None:
+    minimal = {key: TASK_BODY[key] for key in ("id", "image", "volume_mount_path")}
+
+    container = job_for(minimal)["spec"]["template"]["spec"]["containers"][0]
+
+    assert not {"command", "args", "workingDir"} & container.keys()
+
+
+def test_reply_route_annotations_appear_only_when_set() -> None:
+    job = job_for(TASK_BODY, ReplyRoute(correlation_id="c-1"))
+
+    assert set(job["metadata"]["annotations"]) == {
+        "job-dispatcher.io/task-hash",
+        "job-dispatcher.io/correlation-id",
+    }
+    assert set(job_for(TASK_BODY)["metadata"]["annotations"]) == {"job-dispatcher.io/task-hash"}
+
+
+@pytest.mark.parametrize(
+    ("env", "resources"),
+    [
+        pytest.param({}, {"requests": {"cpu": "100m", "memory": "64Mi"}}, id="defaults"),
+        pytest.param(
+            {"JOB_CPU_REQUEST": "", "JOB_MEMORY_LIMIT": "1Gi"},
+            {"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}},
+            id="only-set-quantities",
+        ),
+        pytest.param({"JOB_CPU_REQUEST": "", "JOB_MEMORY_REQUEST": ""}, {}, id="none"),
+    ],
+)
+def test_resources_come_from_settings(env: dict[str, str], resources: dict[str, Any]) -> None:
+    container = job_for(TASK_BODY, settings=Settings.from_env(env))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+
+    assert container["resources"] == resources
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"namespace": "kube-system"}, id="namespace"),
+        pytest.param({"serviceAccountName": "cluster-admin"}, id="service-account"),
+        pytest.param({"service_account_name": "cluster-admin"}, id="service-account-snake"),
+        pytest.param(
+            {"privileged": True, "securityContext": {"privileged": True}}, id="privileged"
+        ),
+        pytest.param({"hostPath": "/", "volumes": [{"hostPath": {"path": "/"}}]}, id="host-path"),
+        pytest.param({"hostNetwork": True, "hostPID": True}, id="host-network"),
+        pytest.param({"labels": {"job-dispatcher.io/instance": "other"}}, id="labels"),
+        pytest.param({"activeDeadlineSeconds": 999999}, id="deadline"),
+        pytest.param({"resources": {"limits": {"cpu": "64"}}}, id="resources"),
+    ],
+)
+def test_task_fields_outside_the_contract_change_nothing(extra: dict[str, Any]) -> None:
+    assert job_for({**TASK_BODY, **extra}) == job_for(TASK_BODY)
+
+
+def test_equal_tasks_get_equal_hash_annotations() -> None:
+    reordered = dict(reversed(TASK_BODY.items()))
+
+    def task_hash(document: dict[str, Any]) -> str:
+        return str(job_for(document)["metadata"]["annotations"]["job-dispatcher.io/task-hash"])
+
+    assert task_hash(reordered) == task_hash(TASK_BODY)
+    assert task_hash({**TASK_BODY, "args": ["other"]}) != task_hash(TASK_BODY)
