@@ -28,8 +28,14 @@ def instance(local_stack: dict[str, str]) -> Instance:
 
 
 @pytest.fixture
-def dispatcher(instance: Instance, log_dir: Path) -> Iterator[tuple[Broker, Worker]]:
-    """A running worker of a fresh installation, and a broker client for it."""
+def dispatcher(request: pytest.FixtureRequest, log_dir: Path) -> Iterator[tuple[Broker, Worker]]:
+    """A running worker of a fresh installation, and a broker client for it.
+
+    Settings for the worker come from `@pytest.mark.settings(NAME="value", ...)`.
+    """
+    marker = request.node.get_closest_marker("settings")
+    instance = Instance(extra=dict(marker.kwargs) if marker else {})
+    stack_env()
     with running(instance, log_dir) as pair:
         yield pair
 

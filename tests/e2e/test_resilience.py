@@ -1,0 +1,201 @@
+"""Nothing is lost: worker crashes, a broker restart, quiet watches, long jobs, API rejections."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_dispatch import task, wait_for_jobs
+from tests.support.stack import REPO, Broker, Instance, Worker, kubectl, running
+
+pytestmark = pytest.mark.cluster
+
+
+def job_states(broker: Broker) -> dict[str, str]:
+    selector = f"job-dispatcher.io/instance={broker.instance.name}"
+    out = kubectl("-n", "dispatcher", "get", "jobs", "-l", selector, "-o", "json").stdout
+    states = {}
+    for job in json.loads(out)["items"]:
+        conditions = {
+            c["type"] for c in job["status"].get("conditions", []) if c["status"] == "True"
+        }
+        states[job["metadata"]["name"]] = (
+            "ended" if conditions & {"Complete", "Failed"} else "running"
+        )
+    return states
+
+
+def test_worker_killed_after_submitting_answers_every_task_after_restart(log_dir: Path) -> None:
+    instance = Instance()
+    with running(instance, log_dir) as (broker, worker):
+        sent = [task(f"sleep 4; echo n{i}") for i in range(6)]
+        for document in sent:
+            broker.publish(document)
+        assert len(wait_for_jobs(broker, len(sent))) == len(sent)
+        worker.kill(signal.SIGKILL)
+
+        deadline = time.monotonic() + 90  # let every Job end while no worker runs
+        while set(job_states(broker).values()) != {"ended"}:
+            assert time.monotonic() < deadline, job_states(broker)
+            time.sleep(0.5)
+
+        restarted = Worker(instance, log_dir)
+        try:
+            restarted.start(broker)
+            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=90)]
+            assert broker.no_more_responses(3) == []
+        finally:
+            restarted.stop()
+    expected = {
+        d["id"]: {"id": d["id"], "output": f"n{i}\n", "exit": 0} for i, d in enumerate(sent)
+    }
+    assert {r["id"]: r for r in responses} == expected
+
+
+def test_worker_killed_while_taking_in_messages_loses_none(log_dir: Path) -> None:
+    instance = Instance(extra={"TASK_PREFETCH": "4"})
+    with running(instance, log_dir) as (broker, worker):
+        worker.kill(signal.SIGKILL)  # messages published now wait in the durable queue
+        sent = [task(f"echo m{i}") for i in range(20)]
+        for document in sent:
+            broker.publish(document)
+        restarted = Worker(instance, log_dir)
+        restarted.start(broker)
+        time.sleep(0.3)  # mid-intake: some messages handed over, some not
+        restarted.kill(signal.SIGKILL)
+        final = Worker(instance, log_dir)
+        try:
+            final.start(broker)
+            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=120)]
+        finally:
+            final.stop()
+    assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
+    assert all(r["exit"] == 0 for r in responses)
+
+
+@pytest.mark.settings(WATCH_TIMEOUT_SECONDS="10")
+def test_a_job_running_longer_than_90_s_with_quiet_watches_is_answered(
+    dispatcher: tuple[Broker, Worker],
+) -> None:
+    broker, worker = dispatcher
+    sent = task("echo begin; sleep 95; echo end")
+    broker.publish(sent)
+
+    assert broker.response(timeout=180) == {"id": sent["id"], "output": "begin\nend\n", "exit": 0}
+    assert "failed" not in worker.log().lower()
+
+
+def test_a_broker_restart_loses_no_task(dispatcher: tuple[Broker, Worker]) -> None:
+    broker, _ = dispatcher
+    sent = task("sleep 6; echo survived")
+    broker.publish(sent)
+    assert wait_for_jobs(broker, 1)
+    rabbitmqctl("stop_app")
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    broker.conn.close()  # the test's own connection died with the broker
+
+    assert Broker(broker.instance).response(timeout=120) == {
+        "id": sent["id"],
+        "output": "survived\n",
+        "exit": 0,
+    }
+
+
+def rabbitmqctl(*args: str) -> None:
+    script = f"""
+    . stack/lib.sh; rabbitmq_env
+    "$RABBITMQ_LIB/rabbitmqctl" -q {" ".join(args)}
+    """
+    subprocess.run(["bash", "-c", script], cwd=REPO, check=True, timeout=120, capture_output=True)
+
+
+POLICY = """
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [batch], apiVersions: [v1], operations: [CREATE], resources: [jobs]}}
+  validations:
+  - expression: "!object.spec.template.spec.containers.exists(c, c.image.contains('not-here'))"
+    message: images named not-here are refused by cluster policy
+    reason: {reason}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    objectSelector: {{matchLabels: {{job-dispatcher.io/instance: {instance}}}}}
+"""
+
+
+@pytest.mark.parametrize(("reason", "status"), [("Invalid", 422), ("Forbidden", 403)])
+def test_an_api_rejection_is_answered_at_once_with_the_servers_reason(
+    dispatcher: tuple[Broker, Worker], reason: str, status: int
+) -> None:
+    broker, _ = dispatcher
+    name = f"{broker.instance.name}-{status}"
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=POLICY.format(name=name, reason=reason, instance=broker.instance.name),
+    )
+    try:
+        wait_until_policy_applies(broker.instance.name)
+        sent = task("echo never", image="localhost/not-here:1.0")
+        started = time.monotonic()
+        broker.publish(sent)
+
+        response = broker.response(timeout=30)
+        assert time.monotonic() - started < 10
+        assert response["id"] == sent["id"]
+        assert "images named not-here are refused by cluster policy" in response["error"]
+        assert f"HTTP {status}" in response["error"]
+        assert wait_for_jobs(broker, 0, timeout=1) == []
+    finally:
+        kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            name,
+            check=False,
+        )
+
+
+def wait_until_policy_applies(instance: str) -> None:
+    probe = json.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": "probe",
+                "namespace": "dispatcher",
+                "labels": {"job-dispatcher.io/instance": instance},
+            },
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "c", "image": "localhost/not-here:1.0"}],
+                    }
+                }
+            },
+        }
+    )
+    deadline = time.monotonic() + 30
+    while (
+        kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False).returncode == 0
+    ):
+        assert time.monotonic() < deadline, "the admission policy never took effect"
+        time.sleep(0.5)
