@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run the Celery worker with the task consumer and watch")
-    worker.add_argument("--concurrency", type=int, default=8, help="worker threads (default 8)")
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="worker threads (WORKER_CONCURRENCY)"
+    )
     submit = sub.add_parser("submit", help="publish a task (JSON file or - for stdin)")
     submit.add_argument("file", help="task JSON file, or - to read standard input")
     submit.add_argument("--wait", action="store_true", help="wait for the response and print it")
@@ -61,7 +63,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={args.concurrency}",
+            f"--concurrency={args.concurrency or settings.worker_concurrency}",
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",

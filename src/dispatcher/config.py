@@ -240,7 +240,10 @@ class Settings:
         "Routing key the responses are published with.",
     )
     pv_name: str = _setting(
-        "PV_NAME", "worker-pv-volume", _dns_subdomain, "PersistentVolume behind the task volume."
+        "PV_NAME",
+        "worker-pv-volume",
+        _dns_subdomain,
+        "PersistentVolume behind PVC_NAME (created by the manifests; Jobs only mount the claim).",
     )
     pvc_name: str = _setting(
         "PVC_NAME",
@@ -353,6 +356,12 @@ class Settings:
         240,
         _integer(10, 3600),
         "Server-side timeout of one Kubernetes watch request; the watch then resumes.",
+    )
+    worker_concurrency: int = _setting(
+        "WORKER_CONCURRENCY",
+        8,
+        _integer(1, 256),
+        "Threads running the short submit and finalize tasks in one worker.",
     )
     health_port: int = _setting(
         "HEALTH_PORT",

@@ -203,8 +203,8 @@ INVALID = [
     pytest.param(b'"just a string"', None, "got string", id="string"),
     pytest.param(b"{}", None, "id: is required", id="empty-object"),
     pytest.param({"id": 12}, None, "id: must be a string, got number", id="id-number"),
-    pytest.param({"id": "Upper"}, None, "id: must be an RFC 1035 label", id="id-capitals"),
-    pytest.param({"id": "a" * 64}, None, "id: must be at most 63 characters", id="id-too-long"),
+    pytest.param({"id": "Upper"}, "Upper", "id: must be an RFC 1035 label", id="id-capitals"),
+    pytest.param({"id": "a" * 64}, "a" * 64, "id: must be at most 63 characters", id="id-too-long"),
     pytest.param({"id": "ok-1"}, "ok-1", "image: is required", id="no-image"),
     pytest.param({"id": "ok-2", "image": ""}, "ok-2", "image: must not be empty", id="empty-image"),
     pytest.param(

@@ -48,6 +48,7 @@ ADDED_DEFAULTS = {
     "JOB_MEMORY_LIMIT": "",
     "CELERY_QUEUE_NAME": "dispatcher.internal",
     "WATCH_TIMEOUT_SECONDS": "240",
+    "WORKER_CONCURRENCY": "8",
     "HEALTH_PORT": "8000",
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",

@@ -27,6 +27,26 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         super().__init__(parent, **kwargs)
         self.app = parent.app
         self.runtime = parent.app.dispatcher
+        self._tick: Any = None
+
+    def start(self, parent: Any) -> None:
+        super().start(parent)
+        self.runtime.broker_ready.set()
+        # Wake the event loop every second so a SIGTERM is acted on at once (it otherwise sleeps
+        # until its next timer, up to ten seconds).
+        if parent.timer is not None:
+            self._tick = parent.timer.call_repeatedly(1.0, _noop)
+
+    def stop(self, parent: Any) -> None:
+        self.runtime.broker_ready.clear()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        super().stop(parent)
+
+    def shutdown(self, parent: Any) -> None:
+        self.runtime.broker_ready.clear()
+        super().shutdown(parent)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         settings = self.runtime.settings
@@ -57,8 +77,10 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
             message.ack()
 
     def handle(self, message: Message) -> None:
+        self.runtime.metrics.tasks_received.inc()
         outcome = take(message.body, message.properties, self.runtime.settings)
         if isinstance(outcome, Rejected):
+            self.runtime.metrics.tasks_invalid.inc()
             log.info("rejected a task message: %s", outcome.response.error)
             self.runtime.publisher.publish(outcome.response, outcome.route, outcome.message_id)
             return
@@ -71,3 +93,7 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
             args=[task.to_json(), route_json], task_id=f"submit.{task.id}.{task.digest()[:12]}"
         )
         log.info("task %s handed to %s", task.id, SUBMIT_TASK)
+
+
+def _noop() -> None:
+    """Timer callback whose only effect is waking the event loop."""

@@ -48,6 +48,7 @@ class Result:
     state: Finalized
     verdict: Verdict | None = None
     retry_in: float | None = None  # seconds; set when the caller should look again
+    age_seconds: float | None = None  # from Job creation to the response, when answered
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
     ctx.kube.patch_job(job_name, {"metadata": {"annotations": {RESPONDED_ANNOTATION: _ts(now)}}})
     ctx.kube.delete_job(job_name)
     log.info("answered Job %s: %s", job_name, verdict.outcome.name)
-    return Result(Finalized.ANSWERED, verdict)
+    return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
 
 
 def _decide(job: dict[str, Any], ctx: Context) -> Verdict | None:
@@ -140,6 +141,14 @@ def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
     )
     task_hash = annotations.get(TASK_HASH_ANNOTATION, meta.get("uid", ""))
     ctx.publisher.publish(response, route, message_id(meta["name"], task_hash))
+
+
+def _age(job: dict[str, Any], now: datetime) -> float | None:
+    created = job["metadata"].get("creationTimestamp")
+    try:
+        return (now - datetime.fromisoformat(created)).total_seconds() if created else None
+    except ValueError:
+        return None
 
 
 def _ts(now: datetime) -> str:

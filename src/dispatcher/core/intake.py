@@ -1,7 +1,9 @@
 """Intake: what to do with one raw task message, decided without any I/O.
 
-A valid body becomes a `Accepted` (the task and where to reply); anything else becomes a
-`Rejected` carrying the error response to publish at once. Nothing here raises on bad input.
+A valid body becomes `Accepted` (the task and where to reply); anything else becomes `Rejected`,
+carrying the error response to publish at once — with the task's `id` whenever the message had a
+string id, even an invalid one, so the sender can tell which task it was. Nothing here raises on
+bad input.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError
 from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
-from dispatcher.messages.task import Task, parse_task
+from dispatcher.messages.task import Task, parse_task, peek_task_id
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ def take(
     except InvalidTaskError as exc:
         raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
         digest = hashlib.sha256(raw).hexdigest()[:16]
-        response = Response(id=exc.task_id, error=str(exc))
+        # An invalid id is still echoed (when it is a short string) so the sender can match it.
+        small = len(raw) <= settings.max_task_bytes  # never parse an oversized body
+        response = Response(
+            id=exc.task_id or (peek_task_id(raw) if small else None), error=str(exc)
+        )
         return Rejected(response, route, f"invalid.{digest}")
     return Accepted(task, route)

@@ -8,7 +8,7 @@ from dispatcher.amqp.consumer import TaskConsumerStep
 from dispatcher.amqp.topology import internal_queue
 from dispatcher.config import Settings
 from dispatcher.worker.runtime import Runtime
-from dispatcher.worker.steps import JobWatchStep
+from dispatcher.worker.steps import HealthStep, JobWatchStep
 from dispatcher.worker.tasks import register_tasks
 
 
@@ -43,4 +43,5 @@ def create_app(settings: Settings) -> Celery:
     register_tasks(app)
     app.steps["consumer"].add(TaskConsumerStep)
     app.steps["worker"].add(JobWatchStep)
+    app.steps["worker"].add(HealthStep)
     return app

@@ -16,6 +16,8 @@ from dispatcher.amqp.publisher import AmqpResponsePublisher
 from dispatcher.config import Settings
 from dispatcher.core.finalize import Context
 from dispatcher.kube.client import KubeClient
+from dispatcher.kube.watcher import Watcher
+from dispatcher.worker.metrics import Metrics
 
 
 class Runtime:
@@ -24,6 +26,17 @@ class Runtime:
         self.settings = settings
         self.holder = f"{socket.gethostname()}/{os.getpid()}"
         self._lock = threading.Lock()
+        self.metrics = Metrics()
+        self.broker_ready = threading.Event()  # set while the task consumer is consuming
+        self.watchers: list[Watcher] = []
+
+    def not_ready(self) -> list[str]:
+        """What keeps this worker from being ready (empty when it is ready)."""
+        missing = [] if self.broker_ready.is_set() else ["broker"]
+        if not self.watchers:
+            missing.append("watch")
+        missing += [f"watch of {w.kind}" for w in self.watchers if not w.established.is_set()]
+        return missing
 
     @cached_property
     def kube(self) -> KubeClient:

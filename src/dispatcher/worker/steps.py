@@ -1,7 +1,8 @@
-"""Worker bootstep running the shared watches: one over the dispatcher's Jobs, one over their Pods.
+"""Worker bootsteps: the shared watches, and the health and metrics server.
 
-They run in two daemon threads for the life of the worker (independent of broker reconnects)
-and feed the `Reactor`, which queues `dispatcher.finalize` when a Job ends or its pod is stuck.
+The watches — one over the dispatcher's Jobs, one over their Pods — run in two daemon threads
+for the life of the worker (independent of broker reconnects) and feed the `Reactor`, which
+queues `dispatcher.finalize` when a Job ends or its pod is stuck.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Any
 
 from celery import bootsteps
 
+from dispatcher.amqp.topology import FINALIZE_TASK
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import label_selector
 from dispatcher.kube.watcher import Watcher
-from dispatcher.worker.tasks import FINALIZE
+from dispatcher.worker.health import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +25,10 @@ log = logging.getLogger(__name__)
 class JobWatchStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
 
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.watchers: list[Watcher] = []
-        self.threads: list[threading.Thread] = []
-
     def start(self, parent: Any) -> None:
         runtime = parent.app.dispatcher
         settings = runtime.settings
-        finalize = parent.app.tasks[FINALIZE]
+        finalize = parent.app.tasks[FINALIZE_TASK]
 
         def schedule(request: FinalizeRequest) -> None:
             log.info(
@@ -45,22 +42,45 @@ class JobWatchStep(bootsteps.StartStopStep):
             )
 
         reactor = Reactor(schedule, stuck_grace_seconds=settings.image_pull_grace_seconds)
-        runtime.reactor = reactor
+        runtime.metrics.track_in_flight(lambda: len(reactor.in_flight))
         selector = label_selector(settings.dispatcher_name)
+        restarts = runtime.metrics.watch_restarts
         for kind, handler in (("jobs", reactor.on_job), ("pods", reactor.on_pod)):
+
+            def count_restart(reason: str, kind: str = kind) -> None:
+                restarts.labels(kind, reason).inc()
+
             watcher = Watcher(
                 runtime.kube,
                 kind,
                 selector,
                 handler,
                 timeout_seconds=settings.watch_timeout_seconds,
+                on_restart=count_restart,
             )
-            thread = threading.Thread(target=watcher.run, name=f"watch-{kind}", daemon=True)
-            self.watchers.append(watcher)
-            self.threads.append(thread)
-            thread.start()
-        runtime.watchers = self.watchers
+            runtime.watchers.append(watcher)
+            threading.Thread(target=watcher.run, name=f"watch-{kind}", daemon=True).start()
 
     def stop(self, parent: Any) -> None:
-        for watcher in self.watchers:
+        for watcher in parent.app.dispatcher.watchers:
             watcher.stop()
+
+
+class HealthStep(bootsteps.StartStopStep):
+    """Serves /healthz, /readyz and /metrics on HEALTH_PORT (not started when it is 0)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.server: HealthServer | None = None
+
+    def start(self, parent: Any) -> None:
+        runtime = parent.app.dispatcher
+        if runtime.settings.health_port:
+            self.server = HealthServer(
+                runtime.settings.health_port, runtime.not_ready, runtime.metrics.registry
+            )
+            self.server.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.server is not None:
+            self.server.stop()

@@ -1,0 +1,205 @@
+"""Benchmarks of the dispatcher on the local stack, printed as tables.
+
+    make bench            # all of them (about 3 minutes)
+    python bench/run.py parse intake e2e memory
+
+- parse:  task parsing in-process (no I/O), tasks per second.
+- intake: invalid messages answered per second through RabbitMQ (consumer + response path).
+- e2e:    tasks from publish to response through real Jobs: latency percentiles and throughput.
+- memory: worker resident memory while many Jobs run (no slot or thread is held per Job).
+
+Every load is bounded in count and time and goes only to the local stack.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.support.stack import LOCAL, Broker, Instance, Worker, kubectl, running, stack_env
+
+from dispatcher.messages.task import parse_task
+
+LOG_DIR = LOCAL / "logs" / "bench"
+
+
+def table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    cells = [header, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_parse() -> None:
+    bodies = {
+        "minimal": {"id": "t-1", "image": "localhost/x:1", "volume_mount_path": "/w"},
+        "full": {
+            "id": "t-1",
+            "image": "registry.example.com/team/app:1.0",
+            "volume_mount_path": "/w",
+            "working_dir": "/w/run",
+            "cmd": ["/bin/sh", "-c"],
+            "args": ["echo " + "x" * 200] * 20,
+        },
+    }
+    rows = []
+    for name, document in bodies.items():
+        raw = json.dumps(document).encode()
+        n = 20000
+        start = time.perf_counter()
+        for _ in range(n):
+            parse_task(raw)
+        elapsed = time.perf_counter() - start
+        rows.append([name, len(raw), n, f"{n / elapsed:,.0f}", f"{elapsed / n * 1e6:.1f}"])
+    table("parse_task (in-process)", ["task", "bytes", "n", "tasks/s", "µs/task"], rows)
+
+
+def bench_intake() -> None:
+    """Messages wait in the queue first; the clock runs from worker start to the last answer."""
+    rows = []
+    for n, prefetch, mode in (
+        (2000, "16", "confirmed"),
+        (2000, "128", "confirmed"),
+        (2000, "16", "immediate"),
+    ):
+        instance = Instance(extra={"TASK_PREFETCH": prefetch, "TASK_ACK_MODE": mode})
+        broker = Broker(instance)
+        worker = Worker(instance, LOG_DIR)
+        try:
+            for i in range(n):
+                broker.publish(json.dumps({"id": f"Bad-{i}"}).encode())
+            start = time.perf_counter()
+            worker.start(broker)
+            broker.responses(n, timeout=300)
+            elapsed = time.perf_counter() - start
+        finally:
+            worker.stop()
+            broker.close()
+        rows.append([n, prefetch, mode, f"{elapsed:.2f}", f"{n / elapsed:,.0f}"])
+    table(
+        "intake: queued invalid messages answered through RabbitMQ (worker start included)",
+        ["messages", "TASK_PREFETCH", "TASK_ACK_MODE", "seconds", "answers/s"],
+        rows,
+    )
+
+
+def bench_e2e() -> None:
+    rows = []
+    image = stack_env()["TEST_IMAGE"]
+    for n in (1, 10, 30):
+        instance = Instance()
+        with running(instance, LOG_DIR) as (broker, _):
+            sent: dict[str, float] = {}
+            start = time.perf_counter()
+            for i in range(n):
+                task_id = f"b-{uuid.uuid4().hex[:8]}-{i}"
+                sent[task_id] = time.perf_counter()
+                broker.publish(
+                    {
+                        "id": task_id,
+                        "image": image,
+                        "volume_mount_path": "/w",
+                        "cmd": ["/bin/sh", "-c", "echo done"],
+                    }
+                )
+            latencies = []
+            for message in broker.responses(n, timeout=600):
+                response = json.loads(message.body)
+                assert response.get("exit") == 0, response
+                latencies.append(time.perf_counter() - sent[response["id"]])
+            elapsed = time.perf_counter() - start
+        rows.append(
+            [
+                n,
+                f"{statistics.median(latencies):.2f}",
+                f"{pct(latencies, 0.95):.2f}",
+                f"{max(latencies):.2f}",
+                f"{elapsed:.1f}",
+                f"{n / elapsed * 60:.0f}",
+            ]
+        )
+    table(
+        "end to end: publish -> Job -> response (single node, 2 cores)",
+        ["tasks at once", "p50 s", "p95 s", "max s", "total s", "tasks/min"],
+        rows,
+    )
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def bench_memory() -> None:
+    image = stack_env()["TEST_IMAGE"]
+    rows = []
+    instance = Instance()
+    with running(instance, LOG_DIR) as (broker, worker):
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        time.sleep(2)
+        rows.append(["idle", 0, rss_kib(pid) // 1024, threads(pid)])
+        for n in (20, 60):
+            ids = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+            for task_id in ids:
+                broker.publish(
+                    {
+                        "id": task_id,
+                        "image": image,
+                        "volume_mount_path": "/w",
+                        "cmd": ["/bin/sh", "-c", "sleep 25; echo ok"],
+                    }
+                )
+            wait_until(lambda n=n: running_jobs(instance.name) >= n, 120)
+            rows.append([f"{n} Jobs running", n, rss_kib(pid) // 1024, threads(pid)])
+            broker.responses(n, timeout=300)
+        rows.append(["after all answered", 0, rss_kib(pid) // 1024, threads(pid)])
+    table(
+        "worker memory and threads vs running Jobs", ["state", "Jobs", "RSS MiB", "threads"], rows
+    )
+
+
+def running_jobs(name: str) -> int:
+    selector = f"job-dispatcher.io/instance={name}"
+    out = kubectl("-n", "dispatcher", "get", "pods", "-l", selector, "-o", "json").stdout
+    return sum(1 for pod in json.loads(out)["items"] if pod["status"].get("phase") == "Running")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark precondition not reached")
+        time.sleep(0.5)
+
+
+BENCHES = {"parse": bench_parse, "intake": bench_intake, "e2e": bench_e2e, "memory": bench_memory}
+
+
+def main(argv: list[str]) -> None:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    for name in argv or list(BENCHES):
+        BENCHES[name]()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

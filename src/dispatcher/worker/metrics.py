@@ -1,0 +1,63 @@
+"""Prometheus metrics of one worker process, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tasks_received = Counter(
+            "dispatcher_tasks_received", "Task messages read from the task queue.", registry=r
+        )
+        self.tasks_invalid = Counter(
+            "dispatcher_tasks_invalid",
+            "Task messages answered with a validation error.",
+            registry=r,
+        )
+        self.tasks_submitted = Counter(
+            "dispatcher_tasks_submitted",
+            "Submit results: created (new Job), joined (same task already running), rejected.",
+            ["result"],
+            registry=r,
+        )
+        self.jobs_finished = Counter(
+            "dispatcher_jobs_finished", "Responses published, by outcome.", ["outcome"], registry=r
+        )
+        self.jobs_in_flight = Gauge(
+            "dispatcher_jobs_in_flight", "Jobs of this dispatcher seen running.", registry=r
+        )
+        self.submit_seconds = Histogram(
+            "dispatcher_submit_seconds",
+            "Time to create (or join) a Job.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "dispatcher_end_to_end_seconds",
+            "From Job creation to its response being published.",
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.kube_errors = Counter(
+            "dispatcher_kube_api_errors",
+            "Kubernetes API errors, by kind (transient or permanent).",
+            ["kind"],
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "dispatcher_watch_restarts",
+            "Watch streams restarted after an error or 410 Gone, by resource.",
+            ["resource", "reason"],
+            registry=r,
+        )
+
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        self.jobs_in_flight.set_function(lambda: float(count()))

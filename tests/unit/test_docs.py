@@ -1,0 +1,77 @@
+"""The README is executed: its settings table, its task example and its error texts are real."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dispatcher.config import SETTINGS_TABLE, Settings
+from dispatcher.errors import InvalidTaskError
+from dispatcher.messages.task import parse_task
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+
+
+def settings_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{d.env}` | `{d.default}` | {d.description} |" for d in SETTINGS_TABLE]
+    return "\n".join(rows)
+
+
+def test_readme_settings_table_is_generated_from_the_code() -> None:
+    block = README.split("<!-- settings-table:", 1)[1].split("<!-- end settings-table -->")[0]
+    documented = block.split("\n", 1)[1].strip()
+    assert documented == settings_table(), "regenerate the README table from SETTINGS_TABLE"
+
+
+def test_every_setting_has_its_default_when_the_environment_is_empty() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.amqp_host == "rabbitmq.dispatcher.svc.cluster.local"
+    assert {d.env for d in SETTINGS_TABLE} >= {"AMQP_USER", "TASK_ACK_MODE", "JOB_NAMESPACE"}
+
+
+def json_lines(text: str) -> list[dict[str, object]]:
+    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
+    documents = []
+    for block in blocks:
+        try:
+            documents.append(json.loads(block))
+        except json.JSONDecodeError:
+            documents.extend(json.loads(line) for line in block.splitlines() if line.strip())
+    return documents
+
+
+def test_readme_task_example_is_a_valid_task() -> None:
+    task_example = next(d for d in json_lines(README) if "image" in d)
+    assert parse_task(json.dumps(task_example)).id == "report-42"
+
+
+@pytest.mark.parametrize(
+    ("body", "documented_id"),
+    [
+        pytest.param(b"not json", None, id="not-json"),
+        pytest.param(
+            b'{"id": "Report 44", "image": "busybox:1", "volume_mount_path": "/d"}',
+            "Report 44",
+            id="bad-id",
+        ),
+    ],
+)
+def test_readme_validation_errors_are_the_real_texts(
+    body: bytes, documented_id: str | None
+) -> None:
+    with pytest.raises(InvalidTaskError) as caught:
+        parse_task(body)
+    documented = [d for d in json_lines(README) if "error" in d and d.get("id") == documented_id]
+    assert {"error": str(caught.value)} | (
+        {"id": documented_id} if documented_id else {}
+    ) in documented
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.json")), ids=lambda p: p.name)
+def test_examples_are_valid_tasks(path: Path) -> None:
+    parse_task(path.read_bytes())
