@@ -43,7 +43,7 @@ test: venv check up  ## the whole suite on the real stack (what CI runs)
 	set -a && . .local/env && set +a && $(PY) -m pytest tests -q
 
 bench: venv up  ## benchmarks (tables on stdout)
-	set -a && . .local/env && set +a && $(PY) bench/run.py
+	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
 
 clean: down
 	rm -rf .local $(VENV)
