@@ -56,7 +56,7 @@ def take(
             allowed_image_prefixes=settings.allowed_image_prefixes,
         )
     except InvalidTaskError as exc:
-        raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
         digest = hashlib.sha256(raw).hexdigest()[:16]
         # An invalid id is still echoed (when it is a short string) so the sender can match it.
         small = len(raw) <= settings.max_task_bytes  # never parse an oversized body

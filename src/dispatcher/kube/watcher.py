@@ -58,6 +58,7 @@ class Watcher:
         self._timeout = timeout_seconds
         self._on_restart = on_restart or (lambda reason: None)
         self._stopping = threading.Event()
+        self._failures = 0
         self.established = threading.Event()
 
     def stop(self) -> None:
@@ -65,24 +66,22 @@ class Watcher:
 
     def run(self) -> None:
         """Reconnect forever, with exponential backoff after failures."""
-        failures = 0
         while not self._stopping.is_set():
             try:
                 self._list_then_watch()
-                failures = 0
             except WatchExpiredError:
                 log.info("watch of %s expired (410 Gone); listing again", self.kind)
                 self._restart("expired")
             except KubeError as exc:
                 self.established.clear()
-                failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
+                self._failures += 1
+                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
                 log.warning(
                     "watch of %s failed: %s; retrying in %.1f s (attempt %d)",
                     self.kind,
                     exc,
                     delay,
-                    failures,
+                    self._failures,
                 )
                 self._restart("error")
                 self._stopping.wait(delay)
@@ -95,6 +94,7 @@ class Watcher:
         log.debug("listed %d %s at resourceVersion %s", len(items), self.kind, version)
         for obj in items:
             self._handle("LISTED", obj)
+        self._failures = 0  # the API answers again: the next failure backs off from the start
         self.established.set()
         while not self._stopping.is_set():
             version = self._watch_once(version)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 MAX_ATTEMPTS = 12
-"""About five minutes of retrying a transient Kubernetes error before answering with it."""
+"""About seven minutes (1 + 2 + 4 + … + 60 s) of retrying a transient Kubernetes error before
+answering with it."""
 
 
 def backoff(attempt: int) -> float:

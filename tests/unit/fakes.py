@@ -1,0 +1,404 @@
+"""Fakes at the dispatcher's own ports, and canned Kubernetes objects for the unit tests.
+
+`FakeKube` plays the API server behind `KubeGateway` for one namespace: Jobs live in a dict, every
+write bumps the resourceVersion, a merge patch that carries ``metadata.resourceVersion`` is
+conditional (409 Conflict when stale, as on a real server), and a deleted Job's last state is
+kept, as a watch DELETED event would carry it. Scenarios inject another client's action or a
+failure just before a call. `FakePublisher` records every response as the broker received it.
+Objects are plain camelCase dicts shaped like those of a Kubernetes 1.34 API server.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dispatcher.config import Settings
+from dispatcher.errors import ConflictError, KubeError, NotFoundError, PermanentKubeError
+from dispatcher.kube.conventions import CONTAINER_NAME
+from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.messages.response import Response
+from dispatcher.messages.task import Task
+
+if TYPE_CHECKING:
+    from dispatcher.core.ports import KubeGateway, ResponsePublisher
+
+KubeObject = dict[str, Any]
+
+NAMESPACE = "dispatcher"
+T0 = "2025-01-10T10:00:00Z"
+T1 = "2025-01-10T10:05:00Z"
+SETTINGS = Settings.from_env(
+    {"JOB_NAMESPACE": NAMESPACE, "JOB_MAX_RUN_SECONDS": "600", "IMAGE_PULL_GRACE_SECONDS": "60"}
+)
+TASK = Task(
+    id="t-1",
+    image="localhost/testbox:1.0",
+    volume_mount_path="/work",
+    cmd=("/bin/sh", "-c"),
+    args=("echo hello",),
+)
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+# --- the API server ---------------------------------------------------------------------------
+
+
+class FakeKube:
+    """An in-memory API server for one namespace, behind the `KubeGateway` port."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, KubeObject] = {}
+        self.deleted: dict[str, KubeObject] = {}
+        """The last state of each deleted Job, by name."""
+        self.pods: list[KubeObject] = []
+        self.logs: dict[str, str | KubeError] = {}
+        """Log text by Pod name, or the error the API server answers for it."""
+        self._versions = itertools.count(48213)
+        self._uids = itertools.count(1)
+        self._failures: dict[str, deque[KubeError]] = defaultdict(deque)
+        self._interleaved: dict[str, deque[Callable[[], object]]] = defaultdict(deque)
+
+    # -- scenario controls --------------------------------------------------------------------
+
+    def fail_next(self, call: str, error: KubeError) -> None:
+        """The next `call` (e.g. "create_job") fails with `error`."""
+        self._failures[call].append(error)
+
+    def before_next(self, call: str, action: Callable[[], object]) -> None:
+        """Run `action` just before the next `call`: another client acting in between."""
+        self._interleaved[call].append(action)
+
+    def update_status(self, name: str, status: Mapping[str, Any]) -> KubeObject:
+        """The Job controller writes the Job's status."""
+        job = self.jobs[name]
+        job["status"] = copy.deepcopy(dict(status))
+        job["metadata"]["resourceVersion"] = self._next_version()
+        return copy.deepcopy(job)
+
+    def add_pod(self, pod: KubeObject) -> None:
+        self.pods.append(copy.deepcopy(pod))
+
+    def annotations(self, name: str) -> dict[str, str]:
+        """The annotations of the Job as it is now, or as it was when it was deleted."""
+        job = self.jobs.get(name) or self.deleted[name]
+        return dict(job["metadata"].get("annotations") or {})
+
+    # -- KubeGateway --------------------------------------------------------------------------
+
+    def create_job(self, manifest: Mapping[str, Any]) -> KubeObject:
+        self._enter("create_job")
+        name = manifest["metadata"]["name"]
+        if name in self.jobs:
+            raise ConflictError(
+                f'create Job {name}: jobs.batch "{name}" already exists (HTTP 409)', 409
+            )
+        job = copy.deepcopy(dict(manifest))
+        uid = f"0b6f1b0e-5d1a-4c7e-9d8b-{next(self._uids):012x}"
+        job["metadata"].update(
+            uid=uid, resourceVersion=self._next_version(), generation=1, creationTimestamp=T0
+        )
+        _default_job_spec(job["spec"], name, uid)
+        job["status"] = {}
+        self.jobs[name] = job
+        return copy.deepcopy(job)
+
+    def get_job(self, name: str) -> KubeObject | None:
+        self._enter("get_job")
+        job = self.jobs.get(name)
+        return None if job is None else copy.deepcopy(job)
+
+    def patch_job(self, name: str, patch: Mapping[str, Any]) -> KubeObject:
+        """JSON merge patch (RFC 7386); a metadata.resourceVersion in it is a precondition."""
+        self._enter("patch_job")
+        job = self.jobs.get(name)
+        if job is None:
+            raise NotFoundError(f'patch Job {name}: jobs.batch "{name}" not found (HTTP 404)', 404)
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected is not None and expected != job["metadata"]["resourceVersion"]:
+            raise ConflictError(
+                f'patch Job {name}: Operation cannot be fulfilled on jobs.batch "{name}": the '
+                "object has been modified; please apply your changes to the latest version and "
+                "try again (HTTP 409)",
+                409,
+            )
+        patched: KubeObject = merge_patch(job, patch)
+        patched["metadata"]["resourceVersion"] = self._next_version()
+        self.jobs[name] = patched
+        return copy.deepcopy(patched)
+
+    def delete_job(self, name: str) -> None:
+        """Like the real client: deleting a Job that is already gone is not an error."""
+        self._enter("delete_job")
+        job = self.jobs.pop(name, None)
+        if job is not None:
+            self.deleted[name] = job
+
+    def list_pods(self, selector: str) -> list[KubeObject]:
+        self._enter("list_pods")
+        return [copy.deepcopy(pod) for pod in self.pods if _matches(pod, selector)]
+
+    def read_log(self, pod: str, container: str, cap: int) -> str:
+        """The whole log: cutting it to `cap` bytes is the real client's business."""
+        self._enter("read_log")
+        if not any(item["metadata"]["name"] == pod for item in self.pods):
+            raise NotFoundError(f'read the log of Pod {pod}: pods "{pod}" not found (HTTP 404)')
+        if container != CONTAINER_NAME:
+            raise PermanentKubeError(f"read the log of Pod {pod}: no container {container}", 400)
+        log = self.logs.get(pod, "")
+        if isinstance(log, KubeError):
+            raise log
+        return log
+
+    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]:
+        self._enter("list_objects")
+        objects = self.jobs.values() if kind == "jobs" else self.pods
+        items = [copy.deepcopy(obj) for obj in objects if _matches(obj, selector)]
+        return items, str(next(self._versions))
+
+    def watch_objects(
+        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[KubeObject]:
+        """The server closes every watch at once (watch scenarios use their own fake)."""
+        self._enter("watch_objects")
+        return iter(())
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _enter(self, call: str) -> None:
+        while self._interleaved[call]:
+            self._interleaved[call].popleft()()
+        if self._failures[call]:
+            raise self._failures[call].popleft()
+
+    def _next_version(self) -> str:
+        return str(next(self._versions))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge, null removes, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _default_job_spec(spec: dict[str, Any], name: str, uid: str) -> None:
+    """What the API server adds to a created Job's spec."""
+    controller = {CONTROLLER_UID_LABEL: uid, JOB_NAME_LABEL: name}
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("completions", 1)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("manualSelector", False)
+    spec["selector"] = {"matchLabels": {CONTROLLER_UID_LABEL: uid}}
+    labels = spec["template"]["metadata"]["labels"]
+    labels.update({**controller, "controller-uid": uid, "job-name": name})
+
+
+def _matches(obj: Mapping[str, Any], selector: str) -> bool:
+    """Equality-based label selector: `key=value,key=value`."""
+    labels = obj["metadata"].get("labels") or {}
+    wanted = (term.split("=", 1) for term in selector.split(",") if term)
+    return all(labels.get(key) == value for key, value in wanted)
+
+
+# --- the broker -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    response: Response
+    route: ReplyRoute
+    message_id: str
+
+
+class FakePublisher:
+    """Records each confirmed response; `error` makes every publish fail (broker gone)."""
+
+    def __init__(
+        self,
+        *,
+        error: Exception | None = None,
+        on_publish: Callable[[Published], None] | None = None,
+    ) -> None:
+        self.published: list[Published] = []
+        self._error = error
+        self._on_publish = on_publish
+
+    def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None:
+        if self._error is not None:
+            raise self._error
+        published = Published(response, route, message_id)
+        if self._on_publish is not None:
+            self._on_publish(published)
+        self.published.append(published)
+
+    @property
+    def responses(self) -> list[Response]:
+        return [item.response for item in self.published]
+
+
+if TYPE_CHECKING:  # the fakes must keep fitting the ports they stand in for
+    _kube: KubeGateway = FakeKube()
+    _publisher: ResponsePublisher = FakePublisher()
+
+
+# --- canned objects ---------------------------------------------------------------------------
+
+
+def create_job_for(
+    kube: FakeKube, task: Task = TASK, route: ReplyRoute | None = None
+) -> KubeObject:
+    """The Job `submit` would create for `task`, as the API server returns it."""
+    return kube.create_job(build_job(task, route or ReplyRoute(), SETTINGS))
+
+
+def condition(kind: str, status: str = "True", reason: str = "", message: str = "") -> Any:
+    return {
+        "type": kind,
+        "status": status,
+        "lastProbeTime": T1,
+        "lastTransitionTime": T1,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def job_status(*conditions: Any, active: int = 0, succeeded: int = 0, failed: int = 0) -> Any:
+    status: dict[str, Any] = {
+        "startTime": T0,
+        "terminating": 0,
+        "ready": 0,
+        "uncountedTerminatedPods": {},
+    }
+    for key, count in (("active", active), ("succeeded", succeeded), ("failed", failed)):
+        if count:
+            status[key] = count
+    if conditions:
+        status["conditions"] = list(conditions)
+    if succeeded:
+        status["completionTime"] = T1
+    return status
+
+
+POLICY_MESSAGE = (
+    "Container task for pod dispatcher/t-1-x7k2p failed with exit code 3 matching FailJob rule "
+    "at index 1"
+)
+DEADLINE_MESSAGE = "Job was active longer than specified deadline"
+RUNNING = job_status(active=1)
+COMPLETE = job_status(
+    condition("SuccessCriteriaMet", reason="CompletionsReached"),
+    condition("Complete", reason="CompletionsReached", message="Reached expected number of pods"),
+    succeeded=1,
+)
+FAILED = job_status(
+    condition("FailureTarget", reason="PodFailurePolicy", message=POLICY_MESSAGE),
+    condition("Failed", reason="PodFailurePolicy", message=POLICY_MESSAGE),
+    failed=1,
+)
+DEADLINE = job_status(
+    condition("FailureTarget", reason="DeadlineExceeded", message=DEADLINE_MESSAGE),
+    condition("Failed", reason="DeadlineExceeded", message=DEADLINE_MESSAGE),
+    failed=1,
+)
+
+
+def terminated(exit_code: int, reason: str = "Completed") -> Any:
+    return {
+        "terminated": {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": T0,
+            "finishedAt": T1,
+            "containerID": "containerd://3f1c9a",
+        }
+    }
+
+
+def waiting(reason: str, message: str | None = None) -> Any:
+    return {"waiting": {"reason": reason, **({"message": message} if message else {})}}
+
+
+SCHEDULED = condition("PodScheduled")
+UNSCHEDULABLE_MESSAGE = (
+    "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: "
+    "1 No preemption victims found for incoming pod."
+)
+UNSCHEDULABLE = condition("PodScheduled", "False", "Unschedulable", UNSCHEDULABLE_MESSAGE)
+PULL_MESSAGE = (
+    'failed to pull and unpack image "localhost/testbox:1.0": failed to resolve reference '
+    '"localhost/testbox:1.0": not found'
+)
+
+
+def make_pod(
+    job: KubeObject,
+    suffix: str = "x7k2p",
+    *,
+    phase: str = "Pending",
+    state: Any = None,
+    scheduled: Any = SCHEDULED,
+    reason: str | None = None,
+    uid: str | None = None,
+) -> KubeObject:
+    """A pod the Job controller made from `job`'s template (labels, owner, image)."""
+    meta, template = job["metadata"], job["spec"]["template"]
+    name = f"{meta['name']}-{suffix}"
+    image = template["spec"]["containers"][0]["image"]
+    status: dict[str, Any] = {"phase": phase, "conditions": [scheduled], "qosClass": "Burstable"}
+    if reason:
+        status["reason"] = reason
+        status["message"] = "Pod was active on the node longer than the specified deadline"
+    if state is not None:
+        status["containerStatuses"] = [
+            {
+                "name": CONTAINER_NAME,
+                "state": state,
+                "lastState": {},
+                "ready": False,
+                "restartCount": 0,
+                "image": image,
+                "imageID": "",
+                "started": False,
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "generateName": f"{meta['name']}-",
+            "namespace": meta["namespace"],
+            "uid": uid or f"7c9e6679-7425-40de-944b-{suffix.encode().hex()[:12]:0>12}",
+            "resourceVersion": "48300",
+            "creationTimestamp": T0,
+            "labels": dict(template["metadata"]["labels"]),
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": CONTAINER_NAME, "image": image}],
+        },
+        "status": status,
+    }

@@ -1,0 +1,385 @@
+"""Finalize: one response per ended or stuck Job, then the Job is released."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
+from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
+from dispatcher.kube.conventions import CLAIM_ANNOTATION, RESPONDED_ANNOTATION
+from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.messages.response import Response
+from tests.unit.fakes import (
+    COMPLETE,
+    DEADLINE,
+    FAILED,
+    PULL_MESSAGE,
+    RUNNING,
+    SETTINGS,
+    TASK,
+    UNSCHEDULABLE,
+    UNSCHEDULABLE_MESSAGE,
+    FakeKube,
+    FakePublisher,
+    KubeObject,
+    Published,
+    create_job_for,
+    make_pod,
+    terminated,
+    waiting,
+)
+
+NOW = datetime(2025, 1, 10, 10, 10, tzinfo=UTC)
+NOW_TEXT = "2025-01-10T10:10:00Z"
+HOLDER = "worker-a/7"
+MESSAGE_ID = f"t-1.{TASK.digest()[:16]}"
+POD = "t-1-x7k2p"
+
+
+def ended_job(
+    kube: FakeKube,
+    status: Any = COMPLETE,
+    *,
+    log: str | KubeError = "hello\n",
+    route: ReplyRoute | None = None,
+    **pod: Any,
+) -> KubeObject:
+    """A Job that ran one pod to its end (Succeeded with exit 0 unless `pod` says otherwise)."""
+    job = create_job_for(kube, route=route)
+    kube.add_pod(make_pod(job, **({"phase": "Succeeded", "state": terminated(0)} | pod)))
+    kube.logs[POD] = log
+    return kube.update_status("t-1", status)
+
+
+def claim(kube: FakeKube, value: str) -> KubeObject:
+    return kube.patch_job("t-1", {"metadata": {"annotations": {CLAIM_ANNOTATION: value}}})
+
+
+def run(kube: FakeKube, publisher: FakePublisher, job: KubeObject, holder: str = HOLDER) -> Result:
+    return finalize(
+        job["metadata"]["name"],
+        job["metadata"]["uid"],
+        Context(kube, publisher, SETTINGS, holder),
+        now=NOW,
+    )
+
+
+# --- answered ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "pod", "log", "response"),
+    [
+        pytest.param(
+            COMPLETE,
+            {"phase": "Succeeded", "state": terminated(0)},
+            "hello\n",
+            Response(id="t-1", output="hello\n", exit=0),
+            id="succeeded",
+        ),
+        pytest.param(
+            FAILED,
+            {"phase": "Failed", "state": terminated(3, "Error")},
+            "boom\n",
+            Response(id="t-1", output="boom\n", exit=3),
+            id="workload-failed-without-error",
+        ),
+        pytest.param(
+            FAILED,
+            {"phase": "Failed", "state": terminated(137, "OOMKilled")},
+            "allocating\n",
+            Response(
+                id="t-1",
+                output="allocating\n",
+                exit=137,
+                error="the container was killed: out of memory (OOMKilled)",
+            ),
+            id="oom-killed",
+        ),
+        pytest.param(
+            DEADLINE,
+            {"phase": "Failed", "state": terminated(137, "Error"), "reason": "DeadlineExceeded"},
+            "started\n",
+            Response(
+                id="t-1",
+                output="started\n",
+                error="deadline exceeded: the task ran longer than 600 s",
+            ),
+            id="deadline-keeps-logs-without-exit",
+        ),
+    ],
+)
+def test_ended_job_is_answered_with_its_logs_and_exit_code_then_deleted(
+    status: Any, pod: dict[str, Any], log: str, response: Response
+) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, status, log=log, **pod)
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert result.age_seconds == 600.0  # created at 10:00, answered at 10:10
+    assert publisher.published == [Published(response, ReplyRoute(), MESSAGE_ID)]
+    assert kube.get_job("t-1") is None
+    assert kube.annotations("t-1")[RESPONDED_ANNOTATION] == NOW_TEXT
+
+
+@pytest.mark.parametrize(
+    ("pod", "error"),
+    [
+        pytest.param(
+            {"state": waiting("ErrImagePull", PULL_MESSAGE)},
+            f"image 'localhost/testbox:1.0' could not be pulled: {PULL_MESSAGE}",
+            id="image-pull",
+        ),
+        pytest.param(
+            {"scheduled": UNSCHEDULABLE},
+            f"the pod could not be scheduled: {UNSCHEDULABLE_MESSAGE}",
+            id="unschedulable",
+        ),
+    ],
+)
+def test_stuck_pod_is_answered_with_an_error_and_no_logs(pod: dict[str, Any], error: str) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.add_pod(make_pod(job, **pod))
+    kube.logs[POD] = "never shown\n"
+    job = kube.update_status("t-1", RUNNING)
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [Response(id="t-1", error=error)]
+    assert kube.get_job("t-1") is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(
+            PermanentKubeError(
+                f'read the log of Pod {POD}: container "task" in pod "{POD}" is waiting to '
+                "start: ContainerCreating (HTTP 400)",
+                400,
+            ),
+            id="container-never-started",
+        ),
+        pytest.param(
+            NotFoundError(f'read the log of Pod {POD}: pods "{POD}" not found (HTTP 404)', 404),
+            id="pod-already-gone",
+        ),
+    ],
+)
+def test_logs_that_cannot_be_read_leave_the_output_out(error: PermanentKubeError) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, FAILED, log=error, phase="Failed", state=terminated(128, "StartError"))
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [Response(id="t-1", exit=128)]
+    assert kube.get_job("t-1") is None
+
+
+def test_transient_log_error_propagates_and_leaves_the_job_for_a_retry() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, log=TransientKubeError("read the log of Pod t-1-x7k2p: timed out"))
+
+    with pytest.raises(TransientKubeError):
+        run(kube, publisher, job)
+
+    assert publisher.published == []
+    assert RESPONDED_ANNOTATION not in kube.annotations("t-1")
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        pytest.param(ReplyRoute("c-42", "amq.rabbitmq.reply-to.g1h2AA"), id="rpc"),
+        pytest.param(ReplyRoute(correlation_id="c-42"), id="correlation-only"),
+        pytest.param(ReplyRoute(), id="response-exchange"),
+    ],
+)
+def test_response_goes_where_the_job_annotations_say(route: ReplyRoute) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, route=route)
+
+    run(kube, publisher, job)
+
+    assert [item.route for item in publisher.published] == [route]
+
+
+def test_response_is_published_before_the_job_is_marked_responded_and_deleted() -> None:
+    kube = FakeKube()
+    job_when_published: list[KubeObject | None] = []
+    publisher = FakePublisher(on_publish=lambda _: job_when_published.append(kube.get_job("t-1")))
+    job = ended_job(kube)
+
+    run(kube, publisher, job)
+
+    (seen,) = job_when_published
+    assert seen is not None
+    assert RESPONDED_ANNOTATION not in seen["metadata"]["annotations"]
+    assert seen["metadata"]["annotations"][CLAIM_ANNOTATION] == f"{HOLDER} {NOW_TEXT}"
+    assert kube.get_job("t-1") is None
+    assert kube.annotations("t-1")[RESPONDED_ANNOTATION] == NOW_TEXT
+
+
+def test_failed_publish_leaves_the_job_unmarked_and_a_retry_answers_it() -> None:
+    kube = FakeKube()
+    job = ended_job(kube)
+
+    with pytest.raises(ConnectionResetError):
+        run(kube, FakePublisher(error=ConnectionResetError("broker connection lost")), job)
+    assert RESPONDED_ANNOTATION not in kube.annotations("t-1")
+    assert kube.get_job("t-1") is not None
+
+    publisher = FakePublisher()
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+
+
+def test_a_repeated_answer_after_a_crash_carries_the_same_message_id() -> None:
+    kube = FakeKube()
+    job = ended_job(kube)
+    crash = TransientKubeError("patch Job t-1: connection reset by peer")
+    first = FakePublisher(on_publish=lambda _: kube.fail_next("patch_job", crash))
+
+    with pytest.raises(TransientKubeError):  # published, then lost before marking the Job
+        run(kube, first, job)
+    retry = FakePublisher()
+    run(kube, retry, job)
+
+    assert [item.message_id for item in first.published + retry.published] == [
+        MESSAGE_ID,
+        MESSAGE_ID,
+    ]
+    assert first.responses == retry.responses
+    assert kube.get_job("t-1") is None
+
+
+# --- nothing to answer (yet) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pods",
+    [
+        pytest.param([], id="no-pod-yet"),
+        pytest.param([{"state": waiting("ContainerCreating")}], id="container-creating"),
+        pytest.param(
+            [{"phase": "Running", "state": {"running": {"startedAt": "2025-01-10T10:00:05Z"}}}],
+            id="running",
+        ),
+    ],
+)
+def test_running_job_is_left_alone(pods: list[dict[str, Any]]) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    for pod in pods:
+        kube.add_pod(make_pod(job, **pod))
+    job = kube.update_status("t-1", RUNNING)
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.RUNNING
+    assert publisher.published == []
+    assert kube.get_job("t-1") == job  # not even claimed
+
+
+def test_already_answered_job_is_deleted_without_a_second_response() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    job = kube.patch_job(
+        "t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}}}
+    )
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ALREADY_ANSWERED
+    assert publisher.published == []
+    assert kube.get_job("t-1") is None
+
+
+def test_job_that_no_longer_exists_is_gone() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    kube.delete_job("t-1")
+
+    assert run(kube, publisher, job).state is Finalized.GONE
+    assert publisher.published == []
+
+
+def test_new_job_under_the_same_name_is_not_answered_for_the_old_one() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    old = ended_job(kube)
+    kube.delete_job("t-1")
+    new = ended_job(kube)
+
+    result = run(kube, publisher, old)
+
+    assert result.state is Finalized.GONE
+    assert publisher.published == []
+    assert kube.get_job("t-1") == new
+
+
+# --- the claim ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "held_by",
+    [
+        pytest.param("worker-b/3 2025-01-10T10:09:00Z", id="taken-a-minute-ago"),
+        pytest.param("worker-b/3 2025-01-10T10:08:00Z", id="exactly-the-ttl-old"),
+    ],
+)
+def test_fresh_claim_of_another_worker_is_respected(held_by: str) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    job = claim(kube, held_by)
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.CLAIMED
+    assert result.retry_in == CLAIM_TTL.total_seconds()
+    assert publisher.published == []
+    assert kube.get_job("t-1") == job
+
+
+@pytest.mark.parametrize(
+    "held_by",
+    [
+        pytest.param("worker-b/3 2025-01-10T10:07:59Z", id="expired-claim-of-another-worker"),
+        pytest.param(f"{HOLDER} 2025-01-10T10:09:30Z", id="own-claim-from-an-earlier-attempt"),
+        pytest.param("worker-b/3 yesterday", id="unreadable-claim"),
+    ],
+)
+def test_expired_or_own_claim_is_taken_over(held_by: str) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    job = claim(kube, held_by)
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+    assert kube.annotations("t-1")[CLAIM_ANNOTATION] == f"{HOLDER} {NOW_TEXT}"
+
+
+def test_losing_the_claim_race_publishes_nothing_and_asks_to_look_again() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    rival = "worker-b/3 2025-01-10T10:10:00Z"
+    kube.before_next("patch_job", lambda: claim(kube, rival))
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.CLAIMED
+    assert result.retry_in == CLAIM_TTL.total_seconds()
+    assert publisher.published == []
+    assert kube.annotations("t-1")[CLAIM_ANNOTATION] == rival
+    assert kube.get_job("t-1") is not None

@@ -1,0 +1,214 @@
+"""Reactor: watch events in, one finalize request per ended Job (or stuck pod) out."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from dispatcher.core.reactor import FinalizeRequest, Reactor
+from dispatcher.kube.conventions import RESPONDED_ANNOTATION
+from tests.unit.fakes import (
+    COMPLETE,
+    FAILED,
+    PULL_MESSAGE,
+    RUNNING,
+    TASK,
+    UNSCHEDULABLE,
+    FakeKube,
+    KubeObject,
+    create_job_for,
+    make_pod,
+    terminated,
+    waiting,
+)
+
+GRACE = 60.0
+
+
+def reactor() -> tuple[Reactor, list[FinalizeRequest]]:
+    requests: list[FinalizeRequest] = []
+    return Reactor(requests.append, stuck_grace_seconds=GRACE), requests
+
+
+def job_states(*statuses: Any) -> list[KubeObject]:
+    """The Job t-1 as successive watch events show it, one object per status."""
+    kube = FakeKube()
+    create_job_for(kube)
+    return [kube.update_status("t-1", status) for status in statuses]
+
+
+def uid(obj: KubeObject) -> str:
+    return str(obj["metadata"]["uid"])
+
+
+# --- Jobs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ended", [pytest.param(COMPLETE, id="complete"), pytest.param(FAILED, id="failed")]
+)
+def test_ended_job_is_finalized_once_however_often_it_is_seen(ended: Any) -> None:
+    react, requests = reactor()
+    running, *finished = job_states(RUNNING, ended, ended, ended)
+
+    react.on_job("ADDED", running)
+    react.on_job("MODIFIED", running)
+    for job in finished:
+        react.on_job("MODIFIED", job)
+    react.on_job("LISTED", finished[-1])  # the watch re-listed
+
+    assert requests == [FinalizeRequest("t-1", uid(running), 0.0, "job ended")]
+
+
+def test_job_that_ended_while_nobody_watched_is_finalized_from_the_list() -> None:
+    react, requests = reactor()
+    (job,) = job_states(COMPLETE)
+
+    react.on_job("LISTED", job)
+
+    assert requests == [FinalizeRequest("t-1", uid(job), 0.0, "job ended")]
+
+
+def test_running_job_is_not_finalized() -> None:
+    react, requests = reactor()
+    (job,) = job_states(RUNNING)
+
+    react.on_job("ADDED", job)
+    react.on_job("MODIFIED", job)
+
+    assert requests == []
+
+
+def test_job_already_answered_is_not_finalized() -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    create_job_for(kube)
+    kube.update_status("t-1", COMPLETE)
+    answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
+    job = kube.patch_job("t-1", {"metadata": {"annotations": answered}})
+
+    react.on_job("LISTED", job)
+    react.on_job("MODIFIED", job)
+
+    assert requests == []
+
+
+def test_deleted_job_is_forgotten() -> None:
+    react, requests = reactor()
+    (job,) = job_states(COMPLETE)
+
+    react.on_job("MODIFIED", job)
+    react.on_job("DELETED", job)
+    react.on_job("LISTED", job)  # seen again after its deletion: treated as new
+
+    assert len(requests) == 2
+    assert react.in_flight == set()
+
+
+def test_in_flight_holds_the_jobs_seen_running_until_they_end() -> None:
+    react, _ = reactor()
+    kube = FakeKube()
+    first, second, third = (
+        create_job_for(kube, dataclasses.replace(TASK, id=name)) for name in ("t-1", "t-2", "t-3")
+    )
+    running = [kube.update_status(name, RUNNING) for name in ("t-1", "t-2", "t-3")]
+
+    for job in running:
+        react.on_job("ADDED", job)
+    assert react.in_flight == {uid(first), uid(second), uid(third)}
+
+    react.on_job("MODIFIED", kube.update_status("t-1", COMPLETE))
+    react.on_job("DELETED", running[1])
+    answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
+    react.on_job("MODIFIED", kube.patch_job("t-3", {"metadata": {"annotations": answered}}))
+
+    assert react.in_flight == set()
+
+
+# --- Pods ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pod", "why"),
+    [
+        pytest.param(
+            {"state": waiting("ErrImagePull", PULL_MESSAGE)}, "IMAGE_PULL_FAILED", id="image-pull"
+        ),
+        pytest.param({"scheduled": UNSCHEDULABLE}, "UNSCHEDULABLE", id="unschedulable"),
+        pytest.param(
+            {"state": waiting("CreateContainerConfigError", 'secret "db" not found')},
+            "CONTAINER_CONFIG_ERROR",
+            id="container-config",
+        ),
+    ],
+)
+def test_stuck_pod_is_finalized_after_the_grace_period(pod: dict[str, Any], why: str) -> None:
+    react, requests = reactor()
+    job = create_job_for(FakeKube())
+
+    react.on_pod("ADDED", make_pod(job, **pod))
+
+    assert requests == [FinalizeRequest("t-1", uid(job), GRACE, why)]
+
+
+def test_stuck_pod_is_finalized_once_per_pod() -> None:
+    react, requests = reactor()
+    job = create_job_for(FakeKube())
+    pulling = make_pod(job, state=waiting("ErrImagePull", PULL_MESSAGE))
+    backing_off = make_pod(job, state=waiting("ImagePullBackOff", "Back-off pulling image"))
+    replacement = make_pod(job, "q9w8e", state=waiting("ErrImagePull", PULL_MESSAGE))
+
+    for event in ("ADDED", "MODIFIED", "LISTED"):
+        react.on_pod(event, pulling)
+    react.on_pod("MODIFIED", backing_off)
+    react.on_pod("ADDED", replacement)
+
+    assert requests == [FinalizeRequest("t-1", uid(job), GRACE, "IMAGE_PULL_FAILED")] * 2
+
+
+def test_deleted_pod_is_forgotten() -> None:
+    react, requests = reactor()
+    pod = make_pod(create_job_for(FakeKube()), state=waiting("ErrImagePull", PULL_MESSAGE))
+
+    react.on_pod("ADDED", pod)
+    react.on_pod("DELETED", pod)
+    react.on_pod("LISTED", pod)
+
+    assert len(requests) == 2
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pytest.param({}, id="no-labels"),
+        pytest.param({"batch.kubernetes.io/job-name": "t-1"}, id="no-controller-uid"),
+        pytest.param({"batch.kubernetes.io/controller-uid": "0b6f"}, id="no-job-name"),
+    ],
+)
+def test_stuck_pod_without_job_labels_is_ignored(labels: dict[str, str]) -> None:
+    react, requests = reactor()
+    pod = make_pod(create_job_for(FakeKube()), state=waiting("ErrImagePull", PULL_MESSAGE))
+    pod["metadata"]["labels"] = labels
+
+    react.on_pod("ADDED", pod)
+
+    assert requests == []
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        pytest.param({}, id="pending"),
+        pytest.param({"state": waiting("ContainerCreating")}, id="container-creating"),
+        pytest.param({"phase": "Running", "state": {"running": {}}}, id="running"),
+        pytest.param({"phase": "Failed", "state": terminated(1, "Error")}, id="failed"),
+    ],
+)
+def test_pod_that_is_not_stuck_is_ignored(pod: dict[str, Any]) -> None:
+    react, requests = reactor()
+
+    react.on_pod("MODIFIED", make_pod(create_job_for(FakeKube()), **pod))
+
+    assert requests == []
