@@ -199,3 +199,19 @@ def wait_until_policy_applies(instance: str) -> None:
     ):
         assert time.monotonic() < deadline, "the admission policy never took effect"
         time.sleep(0.5)
+
+
+def test_two_replicas_answer_every_task_exactly_once(log_dir: Path) -> None:
+    instance = Instance()
+    with running(instance, log_dir) as (broker, _):
+        second = Worker(instance, log_dir)
+        second.start(broker)
+        try:
+            sent = [task(f"echo r{i}") for i in range(10)]
+            for document in sent:
+                broker.publish(document)
+            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=120)]
+            assert broker.no_more_responses(5) == []
+        finally:
+            second.stop()
+    assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
