@@ -81,7 +81,20 @@ def test_running_job_is_not_finalized() -> None:
     assert requests == []
 
 
-def test_job_already_answered_is_not_finalized() -> None:
+def test_job_already_answered_is_not_finalized_again_while_it_is_being_deleted() -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    create_job_for(kube)
+    kube.update_status("t-1", COMPLETE)
+    answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
+    job = kube.patch_job("t-1", {"metadata": {"annotations": answered}})
+
+    react.on_job("MODIFIED", job)
+
+    assert requests == []
+
+
+def test_answered_job_left_behind_by_a_crash_is_cleaned_up_from_the_list() -> None:
     react, requests = reactor()
     kube = FakeKube()
     create_job_for(kube)
@@ -90,9 +103,11 @@ def test_job_already_answered_is_not_finalized() -> None:
     job = kube.patch_job("t-1", {"metadata": {"annotations": answered}})
 
     react.on_job("LISTED", job)
-    react.on_job("MODIFIED", job)
+    react.on_job("LISTED", job)
 
-    assert requests == []
+    assert [(r.job_name, r.delay_seconds, r.why) for r in requests] == [
+        ("t-1", 0.0, "answered, not yet deleted")
+    ]
 
 
 def test_deleted_job_is_forgotten() -> None:

@@ -57,6 +57,8 @@ class Reactor:
         if RESPONDED_ANNOTATION in (meta.get("annotations") or {}):
             with self._lock:
                 self.in_flight.discard(uid)
+            if event_type == "LISTED":  # answered before a crash, never deleted: finish the job
+                self._schedule_once(name, uid, "answered, not yet deleted")
             return
         if not job_finished(job):
             with self._lock:
@@ -64,10 +66,14 @@ class Reactor:
             return
         with self._lock:
             self.in_flight.discard(uid)
+        self._schedule_once(name, uid, "job ended")
+
+    def _schedule_once(self, name: str, uid: str, why: str) -> None:
+        with self._lock:
             if uid in self._finishing:
                 return
             self._finishing.add(uid)
-        self._schedule(FinalizeRequest(name, uid, 0.0, "job ended"))
+        self._schedule(FinalizeRequest(name, uid, 0.0, why))
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata", {})
