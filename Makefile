@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down demo test check lint typecheck unit integration bench clean
+.PHONY: help venv up down demo test check lint typecheck unit integration bench image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,11 +39,14 @@ typecheck: venv
 unit: venv  ## fast tests, no services
 	$(PY) -m pytest tests/unit -q
 
-test: venv check up  ## the whole suite on the real stack (what CI runs)
+test: venv check up image  ## the whole suite on the real stack (what CI runs)
 	set -a && . .local/env && set +a && $(PY) -m pytest tests -q
 
 bench: venv up  ## benchmarks (tables on stdout)
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
+
+image:  ## build the container image with podman (no Docker), import it into the local stack
+	bash stack/build-image.sh
 
 clean: down
 	rm -rf .local $(VENV)

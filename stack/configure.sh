@@ -142,6 +142,8 @@ EOT
 
 cat > "$CONF/rabbitmq.conf" <<EOT
 listeners.tcp.1 = 127.0.0.1:5672
+# Pods reach the broker through the bridge gateway only (nothing else is exposed).
+listeners.tcp.2 = $POD_GATEWAY:5672
 loopback_users.guest = true
 log.console = false
 log.file.level = info

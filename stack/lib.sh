@@ -19,6 +19,7 @@ NODE=127.0.0.1
 BRIDGE=dstack0
 POD_SUBNET=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
+POD_AMQP_USER=dispatcher-pod
 KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
 CTR="ctr --address $SOCK -n k8s.io"
 RABBITMQ_LIB=/usr/lib/rabbitmq/bin
@@ -83,4 +84,28 @@ rabbitmq_env() {
   export ERL_EPMD_ADDRESS=127.0.0.1
   export RABBITMQ_DIST_PORT=25672
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+}
+
+# install_packages WHO PKG...: apt-get install the Debian packages that are missing, without
+# letting their maintainer scripts start any service (the stack starts and stops everything by PID).
+install_packages() {
+  local who=$1 p missing=(); shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then echo "$who: all packages present"; return 0; fi
+  echo "$who: installing ${missing[*]}"
+  (
+    # policy-rc.d 101 = "action forbidden": invoke-rc.d then starts nothing during the install.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+      trap 'rm -f "$policy"' EXIT
+      printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # `set -e` does not apply inside ( ... ) || ..., so the steps are chained explicitly.
+    { apt-get update -qq || apt-get update; } &&
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  ) || { echo "$who: could not install ${missing[*]} with apt-get" >&2; return 1; }
+  echo "$who: done"
 }

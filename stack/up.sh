@@ -17,6 +17,11 @@ AMQP_USER=guest
 AMQP_PASSWORD=guest
 K8S_IN_CLUSTER=false
 TEST_IMAGE=$TEST_IMAGE
+POD_AMQP_HOST=$POD_GATEWAY
+POD_AMQP_USER=$POD_AMQP_USER
+POD_AMQP_PASSWORD=$(cat "$LOCAL/pod-amqp-password")
+POD_KUBERNETES_SERVICE_HOST=$POD_GATEWAY
+POD_KUBERNETES_SERVICE_PORT=6443
 EOT
 }
 
@@ -42,6 +47,12 @@ for k in vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops 
          kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward; do
   echo "$k=$(sysctl -n "$k")"
 done > "$STACK_RUN/sysctl.saved"
+
+# The pod bridge exists before any pod, so RabbitMQ can listen on its gateway address; the CNI
+# bridge plugin adopts it. Pods have no other route: this is the only way they reach host services.
+ip link add "$BRIDGE" type bridge 2>/dev/null || true
+ip addr replace "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$BRIDGE"
+ip link set "$BRIDGE" up
 
 # RabbitMQ (epmd started first and by us, so the broker does not spawn an untracked one).
 rabbitmq_env
@@ -102,6 +113,10 @@ node_ready() {
 waitfor kubelet 120 node_ready
 
 waitfor rabbitmq 90 "$RABBITMQ_LIB/rabbitmqctl" -q await_startup --timeout 5
+# guest may only connect from loopback; pods get their own user with a fresh password.
+[ -s "$LOCAL/pod-amqp-password" ] || (umask 077; openssl rand -hex 16 > "$LOCAL/pod-amqp-password")
+"$RABBITMQ_LIB/rabbitmqctl" -q add_user "$POD_AMQP_USER" "$(cat "$LOCAL/pod-amqp-password")" >/dev/null
+"$RABBITMQ_LIB/rabbitmqctl" -q set_permissions -p / "$POD_AMQP_USER" '.*' '.*' '.*' >/dev/null
 
 $KUBECTL apply -f "$STACK_DIR/seed.yaml" >/dev/null
 pvc_bound() { [ "$($KUBECTL -n dispatcher get pvc worker-pv-claim -o jsonpath='{.status.phase}')" = Bound ]; }

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 
 from dispatcher.config import SETTINGS_TABLE, Settings
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, KubeError
 
 EXIT_USAGE = 2
 EXIT_ERROR_RESPONSE = 1
@@ -59,6 +59,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.worker.app import create_app
 
     app = create_app(settings)
+    try:
+        app.dispatcher.connect_kube()  # fail now, with one line, not inside the worker
+    except KubeError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     app.worker_main(
         [
             "worker",

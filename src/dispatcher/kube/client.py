@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx2
 from lightkube.config import client_adapter
 from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 
 from dispatcher.config import Settings
 from dispatcher.errors import (
@@ -76,9 +77,14 @@ class KubeClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeClient:
-        single = load_config(settings).get()
+        """Raises PermanentKubeError, with one line saying why, when no configuration loads."""
+        where = "in-cluster service account" if settings.k8s_in_cluster else "kubeconfig"
+        try:
+            single = load_config(settings).get()
+        except (LightkubeConfigError, OSError, KeyError, ValueError) as exc:
+            raise PermanentKubeError(f"cannot load the Kubernetes {where}: {exc}") from exc
         if single is None:
-            raise PermanentKubeError("no Kubernetes context found in the configuration")
+            raise PermanentKubeError(f"no Kubernetes context found in the {where}")
         params = client_adapter.ConnectionParams(timeout=httpx2.Timeout(15.0), trust_env=False)
         return cls(client_adapter.Client(single, params), settings.job_namespace)
 

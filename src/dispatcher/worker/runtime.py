@@ -43,6 +43,10 @@ class Runtime:
         with self._lock:
             return KubeClient.from_settings(self.settings)
 
+    def connect_kube(self) -> KubeClient:
+        """Load the Kubernetes configuration (raises KubeError naming what is wrong)."""
+        return self.kube
+
     @cached_property
     def publisher(self) -> AmqpResponsePublisher:
         return AmqpResponsePublisher(self.app.producer_pool, self.settings)

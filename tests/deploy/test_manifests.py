@@ -1,0 +1,256 @@
+"""The manifests as users apply them, on the real API server, and the dispatcher image running
+in the cluster as the Deployment: in-cluster configuration, least privilege, readiness."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kombu import Connection, Exchange, Producer, Queue
+
+from tests.support.stack import REPO, kubectl, stack_env
+
+pytestmark = pytest.mark.cluster
+SA = "system:serviceaccount:dispatcher:dispatcher"
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of manifests/ with amqp.env holding the local stack's pod credentials."""
+    env = stack_env()
+    root = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(REPO / "manifests", root)
+    (root / "base" / "amqp.env").write_text(
+        f"AMQP_USER={env['POD_AMQP_USER']}\nAMQP_PASSWORD={env['POD_AMQP_PASSWORD']}\n"
+    )
+    return root
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    out = kubectl("kustomize", str(path)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def dry_run(documents: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    text = yaml.safe_dump_all(documents)
+    return kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
+
+
+def test_the_base_is_accepted_by_the_api_server(manifests: Path) -> None:
+    documents = render(manifests / "base")
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
+    assert "Deployment/dispatcher" in kinds
+    assert "StatefulSet/rabbitmq" in kinds
+    for doc in documents:  # the local stack already has this PV with another (immutable) source
+        if doc["kind"] == "PersistentVolume":
+            doc["metadata"]["name"] += "-dry-run"
+    result = dry_run(documents)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(server dry run)") == len(documents)
+
+
+def test_the_local_overlay_is_accepted_by_the_api_server(manifests: Path) -> None:
+    documents = render(manifests / "overlays" / "local")
+    assert not [d for d in documents if d["kind"] == "StatefulSet"]
+    result = dry_run(documents)
+    assert result.returncode == 0, result.stderr
+
+
+NEEDED = [
+    ("create", "jobs.batch"),
+    ("get", "jobs.batch"),
+    ("list", "jobs.batch"),
+    ("watch", "jobs.batch"),
+    ("patch", "jobs.batch"),
+    ("delete", "jobs.batch"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("get", "pods/log"),
+]
+FORBIDDEN = [
+    ("get", "secrets", "dispatcher"),
+    ("list", "secrets", "dispatcher"),
+    ("create", "pods/exec", "dispatcher"),
+    ("delete", "pods", "dispatcher"),
+    ("create", "pods", "dispatcher"),
+    ("update", "jobs.batch", "dispatcher"),
+    ("create", "jobs.batch", "default"),
+    ("list", "pods", "kube-system"),
+    ("create", "rolebindings.rbac.authorization.k8s.io", "dispatcher"),
+    ("patch", "deployments.apps", "dispatcher"),
+    ("create", "serviceaccounts/token", "dispatcher"),
+    ("list", "nodes", ""),
+    ("list", "namespaces", ""),
+    ("create", "persistentvolumes", ""),
+]
+
+
+@pytest.fixture(scope="module")
+def deployed(manifests: Path) -> Iterator[None]:
+    """The local overlay applied, with the image built by `make image`, rolled out."""
+    result = kubectl("apply", "-k", str(manifests / "overlays" / "local"), check=False)
+    assert result.returncode == 0, result.stderr
+    try:
+        yield
+    finally:
+        kubectl(
+            "-n", "dispatcher", "delete", "deployment", "dispatcher", "--wait=true", check=False
+        )
+
+
+@pytest.mark.parametrize(("verb", "resource"), NEEDED, ids=str)
+def test_the_service_account_may_do_what_the_dispatcher_needs(
+    deployed: None, verb: str, resource: str
+) -> None:
+    result = kubectl("auth", "can-i", verb, resource, "-n", "dispatcher", f"--as={SA}", check=False)
+    assert result.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace"), FORBIDDEN, ids=str)
+def test_the_service_account_may_not_do_anything_else(
+    deployed: None, verb: str, resource: str, namespace: str
+) -> None:
+    scope = ["-n", namespace] if namespace else []
+    result = kubectl("auth", "can-i", verb, resource, *scope, f"--as={SA}", check=False)
+    assert result.stdout.strip() == "no"
+
+
+def wait_ready(timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = kubectl("-n", "dispatcher", "get", "deployment", "dispatcher", "-o", "json").stdout
+        deployment = json.loads(out)
+        status = deployment.get("status", {})
+        if status.get("readyReplicas") == 1 and status.get("updatedReplicas") == 1:
+            return deployment
+        if time.monotonic() > deadline:
+            pods = kubectl(
+                "-n", "dispatcher", "describe", "pods", "-l", "app.kubernetes.io/name=dispatcher"
+            ).stdout
+            raise AssertionError(f"dispatcher not ready: {json.dumps(status)}\n{pods[-4000:]}")
+        time.sleep(1)
+
+
+def test_the_image_runs_in_the_cluster_and_answers_a_task(deployed: None) -> None:
+    deployment = wait_ready()
+    pod = json.loads(
+        kubectl(
+            "-n",
+            "dispatcher",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=dispatcher",
+            "-o",
+            "json",
+        ).stdout
+    )["items"][0]
+    assert pod["spec"]["serviceAccountName"] == "dispatcher"
+    assert pod["status"]["containerStatuses"][0]["image"].endswith("k8s-job-dispatcher:0.1.0")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    env = stack_env()
+    url = f"amqp://{env['AMQP_USER']}:{env['AMQP_PASSWORD']}@127.0.0.1:5672//"
+    with Connection(url, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        reply, _, _ = channel.queue_declare("", exclusive=True)
+        task_id = "in-cluster-" + uuid.uuid4().hex[:6]
+        body = json.dumps(
+            {
+                "id": task_id,
+                "image": env["TEST_IMAGE"],
+                "volume_mount_path": "/work",
+                "working_dir": "/work",
+                "cmd": ["/bin/sh", "-c", "cat seed.txt; id -u"],
+            }
+        )
+        Producer(channel).publish(
+            body,
+            exchange=Exchange("tasks", type="direct", durable=True),
+            routing_key="task",
+            declare=[
+                Queue(
+                    "tasks",
+                    Exchange("tasks", type="direct", durable=True),
+                    routing_key="task",
+                    durable=True,
+                )
+            ],
+            reply_to=reply,
+            correlation_id=task_id,
+            delivery_mode=2,
+            content_type="application/json",
+        )
+        deadline = time.monotonic() + 120
+        while (message := channel.basic_get(reply, no_ack=True)) is None:
+            assert time.monotonic() < deadline, "no response from the in-cluster dispatcher"
+            time.sleep(0.5)
+    assert json.loads(message.body) == {
+        "id": task_id,
+        "output": "seeded by the local stack\n0\n",
+        "exit": 0,
+    }
+
+
+def dispatcher_pods() -> list[dict[str, Any]]:
+    out = kubectl(
+        "-n", "dispatcher", "get", "pods", "-l", "app.kubernetes.io/name=dispatcher", "-o", "json"
+    ).stdout
+    return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def http_get(pod: dict[str, Any], path: str) -> tuple[int, str]:
+    url = f"http://{pod['status']['podIP']}:8000{path}"  # the pod bridge, on this machine
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_readiness_waits_for_the_broker_and_the_watch(deployed: None) -> None:
+    wait_ready()
+    (ready_pod,) = dispatcher_pods()
+    assert http_get(ready_pod, "/readyz") == (200, "ok\n")
+    metrics = http_get(ready_pod, "/metrics")[1]
+    assert "dispatcher_tasks_received_total" in metrics
+    assert "dispatcher_watch_restarts_total" in metrics
+
+    kubectl("-n", "dispatcher", "set", "env", "deployment/dispatcher", "AMQP_PORT=5999")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            pods = [
+                p
+                for p in dispatcher_pods()
+                if p["metadata"]["name"] != ready_pod["metadata"]["name"]
+            ]
+            if pods and pods[0]["status"].get("podIP") and http_get(pods[0], "/healthz")[0] == 200:
+                break
+            assert time.monotonic() < deadline, "the new pod never served /healthz"
+            time.sleep(1)
+        time.sleep(12)  # several readiness periods
+        (broken,) = [
+            p for p in dispatcher_pods() if p["metadata"]["name"] == pods[0]["metadata"]["name"]
+        ]
+        conditions = {c["type"]: c["status"] for c in broken["status"]["conditions"]}
+        assert conditions["Ready"] == "False"
+        status, body = http_get(broken, "/readyz")
+        assert status == 503
+        assert "broker" in body
+        assert "watch" not in body  # the watches do not depend on the broker
+        assert ready_pod["metadata"]["name"] in [p["metadata"]["name"] for p in dispatcher_pods()]
+    finally:
+        kubectl("-n", "dispatcher", "set", "env", "deployment/dispatcher", "AMQP_PORT-")
+    wait_ready()
