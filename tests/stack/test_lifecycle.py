@@ -6,7 +6,6 @@ These tests restart the whole stack, so the suite runs them last (see tests/conf
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,9 @@ def stack(script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_second_up_while_running_is_a_no_op() -> None:
-    started = time.monotonic()
     result = stack("up")
     assert result.returncode == 0, result.stderr
     assert "already running" in result.stdout
-    assert time.monotonic() - started < 30
 
 
 def sysctl(key: str) -> str:
