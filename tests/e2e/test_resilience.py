@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_dispatch import task, wait_for_jobs
-from tests.support.stack import REPO, Broker, Instance, Worker, kubectl, running
+from tests.support.proxy import Proxy
+from tests.support.stack import REPO, Broker, Instance, Worker, kubectl, running, stack_env
 
 pytestmark = pytest.mark.cluster
 
@@ -213,4 +214,55 @@ def test_two_replicas_answer_every_task_exactly_once(log_dir: Path) -> None:
             assert broker.no_more_responses(5) == []
         finally:
             second.stop()
+    assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
+
+
+def test_an_unreachable_api_server_is_retried_and_no_task_is_lost(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    proxy = Proxy(("127.0.0.1", 6443))
+    kubeconfig = tmp_path / "kubeconfig"
+    original = Path(stack_env()["KUBECONFIG"]).read_text()
+    kubeconfig.write_text(
+        original.replace("https://127.0.0.1:6443", f"https://127.0.0.1:{proxy.port}")
+    )
+    instance = Instance(extra={"KUBECONFIG": str(kubeconfig)})
+    try:
+        with running(instance, log_dir) as (broker, worker):
+            proxy.cut()
+            sent = task("echo after-outage")
+            broker.publish(sent)
+            deadline = time.monotonic() + 30
+            while f"creating Job {sent['id']} failed" not in worker.log():
+                assert time.monotonic() < deadline, worker.log_tail()
+                time.sleep(0.5)
+            proxy.restore()
+
+            assert broker.response(timeout=120) == {
+                "id": sent["id"],
+                "output": "after-outage\n",
+                "exit": 0,
+            }
+            assert "watch of jobs failed" in worker.log()  # and the watch reconnected by itself
+    finally:
+        proxy.close()
+
+
+def test_sigterm_stops_the_worker_in_time_and_loses_nothing(log_dir: Path) -> None:
+    instance = Instance()
+    with running(instance, log_dir) as (broker, worker):
+        sent = [task(f"sleep 2; echo s{i}") for i in range(12)]
+        for document in sent:
+            broker.publish(document)
+        assert worker.proc is not None
+        time.sleep(1)
+        worker.proc.send_signal(signal.SIGTERM)
+        worker.proc.wait(timeout=30)  # within the Deployment's terminationGracePeriodSeconds
+        restarted = Worker(instance, log_dir)
+        try:
+            restarted.start(broker)
+            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=120)]
+            assert broker.no_more_responses(3) == []
+        finally:
+            restarted.stop()
     assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)

@@ -31,6 +31,25 @@ def sysctl(key: str) -> str:
     return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True).stdout.strip()
 
 
+def stack_processes() -> list[str]:
+    """Command lines of processes that belong to the stack (its binaries, socket or broker)."""
+    marks = (
+        "/var/cache/dispatcher-stack/",
+        "/run/dispatcher-stack/",
+        "dispatcher@localhost",
+        "epmd",
+    )
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(mark in cmdline for mark in marks):
+            found.append(cmdline)
+    return found
+
+
 def test_down_then_up_gives_a_working_cluster_and_down_leaves_nothing() -> None:
     saved = dict(
         line.split("=", 1)
@@ -43,6 +62,7 @@ def test_down_then_up_gives_a_working_cluster_and_down_leaves_nothing() -> None:
     assert "WARNING" not in down.stderr
     assert kubectl("get", "--raw", "/readyz", check=False).returncode != 0
     assert {key: sysctl(key) for key in saved} == saved
+    assert stack_processes() == []
     assert not Path("/run/dispatcher-stack").exists()
     assert "/var/lib/dispatcher-stack" not in Path("/proc/self/mountinfo").read_text()
     again = stack("down")

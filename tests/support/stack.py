@@ -197,9 +197,13 @@ class Worker:
         deadline = time.monotonic() + timeout
         while broker.consumers(broker.task_queue.name) < 1:
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"worker not consuming after {timeout:g} s:\n{self.log()}")
+                raise AssertionError(
+                    f"worker not consuming after {timeout:g} s:\n{self.log_tail()}"
+                )
             time.sleep(0.2)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -216,7 +220,10 @@ class Worker:
                 self.kill()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self) -> str:
+        return self.log()[-6000:]
 
 
 @contextmanager

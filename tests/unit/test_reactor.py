@@ -81,26 +81,26 @@ def test_running_job_is_not_finalized() -> None:
     assert requests == []
 
 
-def test_job_already_answered_is_not_finalized_again_while_it_is_being_deleted() -> None:
-    react, requests = reactor()
+def answered_job() -> KubeObject:
+    """The ended Job t-1 after its response was published (annotated, not yet deleted)."""
     kube = FakeKube()
     create_job_for(kube)
     kube.update_status("t-1", COMPLETE)
     answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
-    job = kube.patch_job("t-1", {"metadata": {"annotations": answered}})
+    return kube.patch_job("t-1", {"metadata": {"annotations": answered}})
 
-    react.on_job("MODIFIED", job)
+
+def test_job_already_answered_is_not_finalized_again_while_it_is_being_deleted() -> None:
+    react, requests = reactor()
+
+    react.on_job("MODIFIED", answered_job())
 
     assert requests == []
 
 
 def test_answered_job_left_behind_by_a_crash_is_cleaned_up_from_the_list() -> None:
     react, requests = reactor()
-    kube = FakeKube()
-    create_job_for(kube)
-    kube.update_status("t-1", COMPLETE)
-    answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
-    job = kube.patch_job("t-1", {"metadata": {"annotations": answered}})
+    job = answered_job()
 
     react.on_job("LISTED", job)
     react.on_job("LISTED", job)

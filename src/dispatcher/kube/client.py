@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -162,12 +163,20 @@ class KubeClient:
     def read_log(self, pod: str, container: str, cap: int) -> str:
         """The container's whole log as exact bytes, keeping at most `cap` bytes of the tail."""
         buffer = TailBuffer(cap)
-        action = f"read the log of Pod {pod}"
+        path = self._path("pods", pod, "log")
+        params = {"container": container}
+        with self._stream(path, params, f"read the log of Pod {pod}", read_timeout=60.0) as body:
+            for chunk in body.iter_bytes(65536):
+                buffer.feed(chunk)
+        return buffer.text()
+
+    @contextmanager
+    def _stream(
+        self, path: str, params: Mapping[str, str], action: str, *, read_timeout: float
+    ) -> Iterator[httpx2.Response]:
+        """A streamed GET whose HTTP and transport errors become KubeErrors; always closed."""
         request = self._http.build_request(
-            "GET",
-            self._path("pods", pod, "log"),
-            params={"container": container},
-            timeout=httpx2.Timeout(15.0, read=60.0),
+            "GET", path, params=params, timeout=httpx2.Timeout(15.0, read=read_timeout)
         )
         try:
             response = self._http.send(request, stream=True)
@@ -175,13 +184,11 @@ class KubeClient:
                 if response.is_error:
                     response.read()
                     raise error_from_response(response, action)
-                for chunk in response.iter_bytes(65536):
-                    buffer.feed(chunk)
+                yield response
             finally:
                 response.close()
         except httpx2.TransportError as exc:
             raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
-        return buffer.text()
 
     # -- list + watch -------------------------------------------------------------------------
 
@@ -206,23 +213,8 @@ class KubeClient:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
-        action = f"watch {kind}"
-        request = self._http.build_request(
-            "GET",
-            self._path(kind),
-            params=params,
-            timeout=httpx2.Timeout(15.0, read=timeout_seconds + 30.0),
-        )
-        try:
-            response = self._http.send(request, stream=True)
-            try:
-                if response.is_error:
-                    response.read()
-                    raise error_from_response(response, action)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-            finally:
-                response.close()
-        except httpx2.TransportError as exc:
-            raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        timeout = timeout_seconds + 30.0
+        with self._stream(self._path(kind), params, f"watch {kind}", read_timeout=timeout) as body:
+            for line in body.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
