@@ -158,7 +158,7 @@ def bench_memory() -> None:
         pid = worker.proc.pid
         time.sleep(2)
         rows.append(["idle", 0, rss_kib(pid) // 1024, threads(pid)])
-        for n in (20, 60):
+        for n in (25, 50):
             ids = [f"m-{uuid.uuid4().hex[:8]}" for _ in range(n)]
             for task_id in ids:
                 broker.publish(
@@ -166,10 +166,10 @@ def bench_memory() -> None:
                         "id": task_id,
                         "image": image,
                         "volume_mount_path": "/w",
-                        "cmd": ["/bin/sh", "-c", "sleep 25; echo ok"],
+                        "cmd": ["/bin/sh", "-c", "sleep 150; echo ok"],
                     }
                 )
-            wait_until(lambda n=n: running_jobs(instance.name) >= n, 120)
+            wait_until(lambda n=n: running_jobs(instance.name) >= n, 140)
             rows.append([f"{n} Jobs running", n, rss_kib(pid) // 1024, threads(pid)])
             broker.responses(n, timeout=300)
         rows.append(["after all answered", 0, rss_kib(pid) // 1024, threads(pid)])
