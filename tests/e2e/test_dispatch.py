@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import Producer, Queue
 
 from tests.support.stack import Broker, Worker, kubectl, stack_env
 
@@ -286,3 +291,49 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
     response = broker.response()
     assert response["exit"] == 0
     assert response["output"].splitlines()[1].split() == ["CapEff:", "0000000000000000"]
+
+
+def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
+    dispatcher: Dispatcher, tmp_path: Path
+) -> None:
+    broker, _ = dispatcher
+    sent = task("echo from-cli; exit 4")
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(sent))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "submit", str(path), "--wait", "--timeout", "90"],
+        env=broker.instance.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 4, result.stderr
+    assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-cli\n", "exit": 4}
+    assert broker.no_more_responses(1) == []  # answered on the caller's reply queue only
+
+
+def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_queue(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, worker = dispatcher
+    sent = task("echo never")
+    broker.publish(pickle.dumps(sent), content_type="application/x-python-serialize")
+    assert broker.response(timeout=30) == {"error": "message: is not UTF-8 text"}
+
+    internal = Queue(f"{broker.instance.name}.internal", durable=True)
+    Producer(broker.conn.default_channel).publish(
+        {"task": sent, "route": {}},
+        serializer="pickle",
+        routing_key=internal.name,
+        declare=[internal],
+        headers={"task": "dispatcher.submit", "id": "pickled-1", "argsrepr": "", "kwargsrepr": ""},
+    )
+    deadline = time.monotonic() + 30
+    while "Refusing to deserialize untrusted content of type pickle" not in worker.log():
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.5)
+    assert wait_for_jobs(broker, 0, timeout=2) == []
+    assert broker.consumers(broker.task_queue.name) == 1  # and the worker carries on
