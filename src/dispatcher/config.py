@@ -302,8 +302,8 @@ class Settings:
         "IMAGE_PULL_GRACE_SECONDS",
         60,
         _integer(0, 3600),
-        "How long an image pull, scheduling or container config error may last before the "
-        "task is answered with an error.",
+        "How long an image pull, scheduling, container config or pod creation error may last "
+        "before the task is answered with an error.",
     )
     job_max_run_seconds: int = _setting(
         "JOB_MAX_RUN_SECONDS",

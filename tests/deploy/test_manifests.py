@@ -77,6 +77,8 @@ NEEDED = [
     ("list", "pods"),
     ("watch", "pods"),
     ("get", "pods/log"),
+    ("list", "events"),
+    ("watch", "events"),
 ]
 FORBIDDEN = [
     ("get", "secrets", "dispatcher"),
@@ -92,6 +94,8 @@ FORBIDDEN = [
     ("create", "serviceaccounts/token", "dispatcher"),
     ("list", "nodes", ""),
     ("list", "namespaces", ""),
+    ("create", "events", "dispatcher"),
+    ("delete", "events", "dispatcher"),
     ("create", "persistentvolumes", ""),
 ]
 

@@ -337,3 +337,18 @@ def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_
         time.sleep(0.5)
     assert wait_for_jobs(broker, 0, timeout=2) == []
     assert broker.consumers(broker.task_queue.name) == 1  # and the worker carries on
+
+
+@pytest.mark.settings(INTERNAL_SERVICE_ACCOUNT_NAME="no-such-account", IMAGE_PULL_GRACE_SECONDS="5")
+def test_a_pod_that_cannot_be_created_is_answered_with_the_reason_and_the_job_removed(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    sent = task("echo never")
+    broker.publish(sent)
+
+    response = broker.response(timeout=60)
+    assert set(response) == {"id", "error"}
+    assert response["error"].startswith("the pod could not be created: ")
+    assert 'serviceaccount "no-such-account" not found' in response["error"]
+    assert wait_for_jobs(broker, 0, timeout=30) == []

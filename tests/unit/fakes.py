@@ -57,6 +57,7 @@ class FakeKube:
         self.deleted: dict[str, KubeObject] = {}
         """The last state of each deleted Job, by name."""
         self.pods: list[KubeObject] = []
+        self.events: list[KubeObject] = []
         self.logs: dict[str, str | KubeError] = {}
         """Log text by Pod name, or the error the API server answers for it."""
         self._versions = itertools.count(48213)
@@ -155,14 +156,25 @@ class FakeKube:
             raise log
         return log
 
-    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]:
+    def list_objects(
+        self, kind: str, selector: str, fields: str = ""
+    ) -> tuple[list[KubeObject], str]:
         self._enter("list_objects")
-        objects = self.jobs.values() if kind == "jobs" else self.pods
-        items = [copy.deepcopy(obj) for obj in objects if _matches(obj, selector)]
+        objects = {"jobs": list(self.jobs.values()), "pods": self.pods, "events": self.events}
+        items = [
+            copy.deepcopy(obj)
+            for obj in objects[kind]
+            if _matches(obj, selector) and _fields_match(obj, fields)
+        ]
         return items, str(next(self._versions))
 
     def watch_objects(
-        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+        self,
+        kind: str,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        fields: str = "",
     ) -> Iterator[KubeObject]:
         """The server closes every watch at once (watch scenarios use their own fake)."""
         self._enter("watch_objects")
@@ -204,6 +216,31 @@ def _default_job_spec(spec: dict[str, Any], name: str, uid: str) -> None:
     spec["selector"] = {"matchLabels": {CONTROLLER_UID_LABEL: uid}}
     labels = spec["template"]["metadata"]["labels"]
     labels.update({**controller, "controller-uid": uid, "job-name": name})
+
+
+def _fields_match(obj: Mapping[str, Any], fields: str) -> bool:
+    """Equality field selectors such as `involvedObject.uid=u-1,reason=FailedCreate`."""
+    for term in filter(None, fields.split(",")):
+        path, _, expected = term.partition("=")
+        value: Any = obj
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if str(value) != expected:
+            return False
+    return True
+
+
+def failed_create(job: Mapping[str, Any], message: str) -> KubeObject:
+    """The Event the Job controller records when it cannot create the Job's pod."""
+    meta = job["metadata"]
+    return {
+        "metadata": {"name": f"{meta['name']}.1", "namespace": meta["namespace"]},
+        "involvedObject": {"kind": "Job", "name": meta["name"], "uid": meta["uid"]},
+        "reason": "FailedCreate",
+        "type": "Warning",
+        "message": message,
+        "lastTimestamp": "2025-01-10T10:00:05Z",
+    }
 
 
 def _matches(obj: Mapping[str, Any], selector: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 
 from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
-from dispatcher.kube.conventions import CLAIM_ANNOTATION, RESPONDED_ANNOTATION
+from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
 from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
 from tests.unit.fakes import (
@@ -27,6 +28,7 @@ from tests.unit.fakes import (
     KubeObject,
     Published,
     create_job_for,
+    failed_create,
     make_pod,
     terminated,
     waiting,
@@ -383,3 +385,46 @@ def test_losing_the_claim_race_publishes_nothing_and_asks_to_look_again() -> Non
     assert publisher.published == []
     assert kube.annotations("t-1")[CLAIM_ANNOTATION] == rival
     assert kube.get_job("t-1") is not None
+
+
+# --- pod never created ---------------------------------------------------------------------------
+
+SA_MISSING = (
+    'Error creating: pods "t-1-" is forbidden: error looking up service account '
+    'dispatcher/job-internal: serviceaccount "job-internal" not found'
+)
+
+
+def test_job_whose_pod_cannot_be_created_is_answered_with_the_controllers_reason() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.events.append(failed_create(job, SA_MISSING))
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [
+        Response(id="t-1", error=f"the pod could not be created: {SA_MISSING}")
+    ]
+    assert "t-1" not in kube.jobs  # deleted: the id is free again
+
+
+def test_job_without_pods_and_without_failure_events_is_left_running() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    other = create_job_for(kube, dataclasses.replace(TASK, id="t-2"))
+    kube.events.append(failed_create(other, SA_MISSING))  # another Job's trouble
+
+    assert run(kube, publisher, job).state is Finalized.RUNNING
+    assert publisher.responses == []
+
+
+def test_a_job_of_another_installation_is_never_answered() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.patch_job("t-1", {"metadata": {"labels": {INSTANCE_LABEL: "someone-else"}}})
+    kube.events.append(failed_create(job, SA_MISSING))
+
+    assert run(kube, publisher, job).state is Finalized.GONE
+    assert publisher.responses == []
+    assert "t-1" in kube.jobs

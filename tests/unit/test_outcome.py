@@ -14,6 +14,7 @@ from dispatcher.kube.outcome import (
     job_failure_reason,
     job_finished,
     judge_finished,
+    judge_not_created,
     judge_stuck,
     pod_stuck,
 )
@@ -489,3 +490,36 @@ def test_stuck_verdict_has_the_message_and_no_output(outcome: Outcome) -> None:
     verdict = judge_stuck(pod, Stuck(outcome, "what went wrong"))
 
     assert verdict == Verdict(outcome, None, None, "what went wrong")
+
+
+# --- judge_not_created ---------------------------------------------------------------------------
+
+
+def failed_create_event(message: str, at: str) -> dict[str, Any]:
+    return {
+        "involvedObject": {"kind": "Job", "name": "t-1", "uid": "u-1"},
+        "reason": "FailedCreate",
+        "message": message,
+        "lastTimestamp": at,
+    }
+
+
+def test_the_newest_failed_create_event_decides_the_error_text() -> None:
+    events = [
+        failed_create_event("first\nattempt", "2025-01-10T10:00:01Z"),
+        failed_create_event('pods "t-1-" is forbidden: exceeded quota: q1', "2025-01-10T10:00:09Z"),
+        {**failed_create_event("ignored", "2025-01-10T10:00:30Z"), "reason": "SuccessfulCreate"},
+    ]
+
+    verdict = judge_not_created(events)
+
+    assert verdict == Verdict(
+        Outcome.POD_NOT_CREATED,
+        None,
+        None,
+        'the pod could not be created: pods "t-1-" is forbidden: exceeded quota: q1',
+    )
+
+
+def test_no_failed_create_event_means_no_verdict() -> None:
+    assert judge_not_created([]) is None

@@ -19,6 +19,7 @@ from tests.unit.fakes import (
     FakeKube,
     KubeObject,
     create_job_for,
+    failed_create,
     make_pod,
     terminated,
     waiting,
@@ -225,5 +226,40 @@ def test_pod_that_is_not_stuck_is_ignored(pod: dict[str, Any]) -> None:
     react, requests = reactor()
 
     react.on_pod("MODIFIED", make_pod(create_job_for(FakeKube()), **pod))
+
+    assert requests == []
+
+
+# --- Events -----------------------------------------------------------------------------------
+
+
+def test_a_failed_pod_creation_is_finalized_after_the_grace_period_once() -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    job = create_job_for(kube)
+    event = failed_create(job, "pods is forbidden: exceeded quota")
+
+    react.on_event("ADDED", event)
+    react.on_event("MODIFIED", event)  # the controller keeps counting the same failure
+    react.on_event("LISTED", event)
+
+    assert [(r.job_name, r.job_uid, r.delay_seconds, r.why) for r in requests] == [
+        ("t-1", uid(job), GRACE, "pod not created")
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"reason": "SuccessfulCreate"}, id="other-reason"),
+        pytest.param({"involvedObject": {"kind": "Job"}}, id="no-job-named"),
+    ],
+)
+def test_other_events_are_ignored(change: dict[str, Any]) -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    event = failed_create(create_job_for(kube), "boom") | change
+
+    react.on_event("ADDED", event)
 
     assert requests == []

@@ -75,7 +75,9 @@ class ScriptedLister:
         self.requests: list[tuple[str, str, int]] = []
         self.lists = 0
 
-    def list_objects(self, kind: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+    def list_objects(
+        self, kind: str, selector: str, fields: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
         self.lists += 1
         assert self._lists, "unexpected list request"
         answer = self._lists.popleft()
@@ -84,7 +86,12 @@ class ScriptedLister:
         return answer
 
     def watch_objects(
-        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+        self,
+        kind: str,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        fields: str = "",
     ) -> Iterator[dict[str, Any]]:
         self.watched_from.append(resource_version)
         self.requests.append((kind, selector, timeout_seconds))

@@ -25,9 +25,17 @@ from dispatcher.kube.conventions import (
     REPLY_TO_ANNOTATION,
     RESPONDED_ANNOTATION,
     TASK_HASH_ANNOTATION,
+    owned_labels,
 )
 from dispatcher.kube.jobspec import ReplyRoute
-from dispatcher.kube.outcome import Verdict, job_finished, judge_finished, judge_stuck, pod_stuck
+from dispatcher.kube.outcome import (
+    Verdict,
+    job_finished,
+    judge_finished,
+    judge_not_created,
+    judge_stuck,
+    pod_stuck,
+)
 from dispatcher.messages.response import Response
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,7 @@ def message_id(job_name: str, task_hash: str) -> str:
 def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = None) -> Result:
     now = now or datetime.now(UTC)
     job = ctx.kube.get_job(job_name)
-    if job is None or job.get("metadata", {}).get("uid") != job_uid:
+    if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
         return Result(Finalized.GONE)
     annotations = job["metadata"].get("annotations") or {}
     if RESPONDED_ANNOTATION in annotations:
@@ -94,7 +102,20 @@ def _decide(job: dict[str, Any], ctx: Context) -> Verdict | None:
         stuck = pod_stuck(pod)
         if stuck is not None:
             return judge_stuck(pod, stuck)
-    return None
+    if pods:
+        return None
+    failed_create = f"involvedObject.uid={uid},reason=FailedCreate"
+    events, _ = ctx.kube.list_objects("events", "", failed_create)
+    return judge_not_created(events)
+
+
+def _ours(job: dict[str, Any], ctx: Context) -> bool:
+    """Only Jobs of this installation are answered (events can name any Job in the namespace)."""
+    labels = job["metadata"].get("labels") or {}
+    return labels == {
+        **labels,
+        **owned_labels(ctx.settings.dispatcher_name, job["metadata"]["name"]),
+    }
 
 
 def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> bool:

@@ -31,10 +31,17 @@ class KubeGateway(Protocol):
 
     def read_log(self, pod: str, container: str, cap: int) -> str: ...
 
-    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]: ...
+    def list_objects(
+        self, kind: str, selector: str, fields: str = ""
+    ) -> tuple[list[KubeObject], str]: ...
 
     def watch_objects(
-        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+        self,
+        kind: str,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        fields: str = "",
     ) -> Iterator[KubeObject]: ...
 
 

@@ -1,10 +1,10 @@
 """Turns watch events into finalize requests, once per Job.
 
-The watchers call `on_job` and `on_pod` for every event; the reactor decides when a Job needs
-finalizing — it ended, or its pod is stuck (image pull, scheduling, container config) and the
-grace period should start — and asks for it exactly once per Job uid (per stuck pod) in this
-process. Finalize itself is idempotent and guarded by a claim on the Job, so other replicas or a
-restarted process asking again is harmless.
+The watchers call `on_job`, `on_pod` and `on_event` for every event; the reactor decides when a
+Job needs finalizing — it ended, its pod is stuck (image pull, scheduling, container config), or
+its pod cannot even be created (FailedCreate), the last two after the grace period — and asks for
+it exactly once per Job uid (per stuck pod) in this process. Finalize itself is idempotent and
+guarded by a claim on the Job, so other replicas or a restarted process asking again is harmless.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class Reactor:
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
         self._stuck: set[str] = set()  # Pod uids whose grace period is running
+        self._not_created: set[str] = set()  # Job uids whose pod creation failed
         self.in_flight: set[str] = set()  # Job uids seen and not yet ended
 
     def on_job(self, event_type: str, job: dict[str, Any]) -> None:
@@ -52,6 +53,7 @@ class Reactor:
         if event_type == "DELETED":
             with self._lock:
                 self._finishing.discard(uid)
+                self._not_created.discard(uid)
                 self.in_flight.discard(uid)
             return
         if RESPONDED_ANNOTATION in (meta.get("annotations") or {}):
@@ -74,6 +76,20 @@ class Reactor:
                 return
             self._finishing.add(uid)
         self._schedule(FinalizeRequest(name, uid, 0.0, why))
+
+    def on_event(self, event_type: str, event: dict[str, Any]) -> None:
+        """Events the Job controller records when it cannot create a Job's pod (the watch selects
+        FailedCreate on Jobs; finalize checks the Job is ours before answering)."""
+        involved = event.get("involvedObject") or {}
+        uid, name = involved.get("uid"), involved.get("name")
+        if event_type == "DELETED" or event.get("reason") != "FailedCreate" or not uid or not name:
+            return
+        with self._lock:
+            if uid in self._not_created:
+                return
+            self._not_created.add(uid)
+        log.info("Job %s could not create its pod: %s", name, event.get("message"))
+        self._schedule(FinalizeRequest(name, uid, self._grace, "pod not created"))
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata", {})

@@ -36,7 +36,11 @@ from dispatcher.messages.output import TailBuffer
 log = logging.getLogger(__name__)
 
 KubeObject = dict[str, Any]
-_PATHS = {"jobs": "/apis/batch/v1/namespaces/{ns}/jobs", "pods": "/api/v1/namespaces/{ns}/pods"}
+_PATHS = {
+    "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "pods": "/api/v1/namespaces/{ns}/pods",
+    "events": "/api/v1/namespaces/{ns}/events",
+}
 _TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
 _PERMANENT_BY_STATUS: dict[int, type[KubeError]] = {
     403: ForbiddenError,
@@ -192,14 +196,20 @@ class KubeClient:
 
     # -- list + watch -------------------------------------------------------------------------
 
-    def list_objects(self, kind: str, selector: str) -> tuple[list[KubeObject], str]:
-        data = self._json(
-            "GET", self._path(kind), f"list {kind}", params={"labelSelector": selector}
-        )
+    def list_objects(
+        self, kind: str, selector: str, fields: str = ""
+    ) -> tuple[list[KubeObject], str]:
+        params = {"labelSelector": selector, "fieldSelector": fields}
+        data = self._json("GET", self._path(kind), f"list {kind}", params=params)
         return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
 
     def watch_objects(
-        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+        self,
+        kind: str,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        fields: str = "",
     ) -> Iterator[KubeObject]:
         """Watch events (dicts with `type` and `object`) until the server ends the stream.
 
@@ -209,6 +219,7 @@ class KubeClient:
         params = {
             "watch": "true",
             "labelSelector": selector,
+            "fieldSelector": fields,
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),

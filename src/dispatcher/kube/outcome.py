@@ -41,6 +41,7 @@ class Outcome(Enum):
     IMAGE_PULL_FAILED = "image_pull_failed"
     UNSCHEDULABLE = "unschedulable"
     CONTAINER_CONFIG_ERROR = "container_config_error"
+    POD_NOT_CREATED = "pod_not_created"
     LOST = "lost"
 
 
@@ -118,6 +119,17 @@ def judge_finished(
         return Verdict(Outcome.FAILED, _name(pod), exit_code, _OOM_ERROR)
     outcome = Outcome.SUCCEEDED if exit_code == 0 else Outcome.FAILED
     return Verdict(outcome, _name(pod), exit_code, None)
+
+
+def judge_not_created(events: Sequence[Mapping[str, Any]]) -> Verdict | None:
+    """The verdict on a Job whose pod the Job controller could not create, from its
+    FailedCreate events (a missing service account, a quota or admission rejection)."""
+    failed = [e for e in events if e.get("reason") == "FailedCreate"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    message = _one_line(str(newest.get("message") or "FailedCreate"))
+    return Verdict(Outcome.POD_NOT_CREATED, None, None, f"the pod could not be created: {message}")
 
 
 def judge_stuck(pod: Mapping[str, Any], stuck: Stuck) -> Verdict:

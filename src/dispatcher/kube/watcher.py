@@ -27,10 +27,17 @@ MAX_BACKOFF_SECONDS = 30.0
 class Lister(Protocol):
     """What a watcher needs from the API client (`KubeClient` provides it)."""
 
-    def list_objects(self, kind: str, selector: str) -> tuple[list[dict[str, Any]], str]: ...
+    def list_objects(
+        self, kind: str, selector: str, fields: str = ""
+    ) -> tuple[list[dict[str, Any]], str]: ...
 
     def watch_objects(
-        self, kind: str, selector: str, resource_version: str, timeout_seconds: int
+        self,
+        kind: str,
+        selector: str,
+        resource_version: str,
+        timeout_seconds: int,
+        fields: str = "",
     ) -> Iterator[dict[str, Any]]: ...
 
 
@@ -50,10 +57,12 @@ class Watcher:
         *,
         timeout_seconds: int = 240,
         on_restart: Callable[[str], None] | None = None,
+        fields: str = "",
     ) -> None:
         self._kube = kube
         self.kind = kind
         self._selector = selector
+        self._fields = fields
         self._handler = handler
         self._timeout = timeout_seconds
         self._on_restart = on_restart or (lambda reason: None)
@@ -90,7 +99,7 @@ class Watcher:
         self._on_restart(reason)
 
     def _list_then_watch(self) -> None:
-        items, version = self._kube.list_objects(self.kind, self._selector)
+        items, version = self._kube.list_objects(self.kind, self._selector, self._fields)
         log.debug("listed %d %s at resourceVersion %s", len(items), self.kind, version)
         for obj in items:
             self._handle("LISTED", obj)
@@ -101,7 +110,9 @@ class Watcher:
 
     def _watch_once(self, version: str) -> str:
         """One watch request; returns the resourceVersion to continue from."""
-        stream = self._kube.watch_objects(self.kind, self._selector, version, self._timeout)
+        stream = self._kube.watch_objects(
+            self.kind, self._selector, version, self._timeout, self._fields
+        )
         for event in stream:
             if self._stopping.is_set():
                 break

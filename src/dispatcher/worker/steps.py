@@ -1,8 +1,9 @@
 """Worker bootsteps: the shared watches, and the health and metrics server.
 
-The watches — one over the dispatcher's Jobs, one over their Pods — run in two daemon threads
-for the life of the worker (independent of broker reconnects) and feed the `Reactor`, which
-queues `dispatcher.finalize` when a Job ends or its pod is stuck.
+The watches — over the dispatcher's Jobs, over their Pods, and over the namespace's FailedCreate
+Events of Jobs — run in daemon threads for the life of the worker (independent of broker
+reconnects) and feed the `Reactor`, which queues `dispatcher.finalize` when a Job ends, its pod
+is stuck, or its pod cannot be created.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dispatcher.kube.watcher import Watcher
 from dispatcher.worker.health import HealthServer
 
 log = logging.getLogger(__name__)
+
+FAILED_CREATE_EVENTS = "involvedObject.kind=Job,reason=FailedCreate"
 
 
 class JobWatchStep(bootsteps.StartStopStep):
@@ -45,7 +48,12 @@ class JobWatchStep(bootsteps.StartStopStep):
         runtime.metrics.track_in_flight(lambda: len(reactor.in_flight))
         selector = label_selector(settings.dispatcher_name)
         restarts = runtime.metrics.watch_restarts
-        for kind, handler in (("jobs", reactor.on_job), ("pods", reactor.on_pod)):
+        watches = (
+            ("jobs", selector, "", reactor.on_job),
+            ("pods", selector, "", reactor.on_pod),
+            ("events", "", FAILED_CREATE_EVENTS, reactor.on_event),
+        )
+        for kind, labels, fields, handler in watches:
 
             def count_restart(reason: str, kind: str = kind) -> None:
                 restarts.labels(kind, reason).inc()
@@ -53,10 +61,11 @@ class JobWatchStep(bootsteps.StartStopStep):
             watcher = Watcher(
                 runtime.kube,
                 kind,
-                selector,
+                labels,
                 handler,
                 timeout_seconds=settings.watch_timeout_seconds,
                 on_restart=count_restart,
+                fields=fields,
             )
             runtime.watchers.append(watcher)
             threading.Thread(target=watcher.run, name=f"watch-{kind}", daemon=True).start()
