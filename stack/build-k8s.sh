@@ -37,7 +37,7 @@ LD="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LD="$LD -X $p.gitVersion=$K8S -X $p.gitMajor=1 -X $p.gitMinor=$MINOR -X $p.gitTreeState=clean"
 done
-echo "build-k8s: compiling $CMDS (cold builds take 15-30 min on 2 cores)"
+echo "build-k8s: compiling $CMDS (a cold build takes about 5 minutes on 2 cores)"
 go build -p 2 -trimpath -ldflags "$LD" -o "$OUT/bin/" $(for c in $CMDS; do printf 'k8s.io/kubernetes/cmd/%s ' "$c"; done)
 "$OUT/bin/kube-apiserver" --version
 touch "$OUT/.complete"
