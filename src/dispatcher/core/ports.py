@@ -7,16 +7,17 @@ Kubernetes objects cross the seam as plain JSON dicts (camelCase, as the API ser
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.kube.lister import Lister
 from dispatcher.messages.response import Response
 
 KubeObject = dict[str, Any]
 
 
-class KubeGateway(Protocol):
+class KubeGateway(Lister, Protocol):
     """The Kubernetes calls the dispatcher makes, all within its own namespace."""
 
     def create_job(self, manifest: Mapping[str, Any]) -> KubeObject: ...
@@ -30,19 +31,6 @@ class KubeGateway(Protocol):
     def list_pods(self, selector: str) -> list[KubeObject]: ...
 
     def read_log(self, pod: str, container: str, cap: int) -> str: ...
-
-    def list_objects(
-        self, kind: str, selector: str, fields: str = ""
-    ) -> tuple[list[KubeObject], str]: ...
-
-    def watch_objects(
-        self,
-        kind: str,
-        selector: str,
-        resource_version: str,
-        timeout_seconds: int,
-        fields: str = "",
-    ) -> Iterator[KubeObject]: ...
 
 
 class ResponsePublisher(Protocol):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from dispatcher.errors import KubeError
+from dispatcher.kube.lister import Lister
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +23,6 @@ Handler = Callable[[str, dict[str, Any]], None]
 """Called with (event type, object): ADDED/MODIFIED/DELETED, or LISTED for the initial list."""
 
 MAX_BACKOFF_SECONDS = 30.0
-
-
-class Lister(Protocol):
-    """What a watcher needs from the API client (`KubeClient` provides it)."""
-
-    def list_objects(
-        self, kind: str, selector: str, fields: str = ""
-    ) -> tuple[list[dict[str, Any]], str]: ...
-
-    def watch_objects(
-        self,
-        kind: str,
-        selector: str,
-        resource_version: str,
-        timeout_seconds: int,
-        fields: str = "",
-    ) -> Iterator[dict[str, Any]]: ...
 
 
 class WatchExpiredError(Exception):
