@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down demo test check lint typecheck unit integration bench image clean
+.PHONY: help venv up down demo test check lint typecheck unit integration bench docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,8 +29,8 @@ demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json
 check: lint typecheck  ## static checks: ruff, mypy --strict, import layers
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/lint-imports
 
 typecheck: venv
@@ -44,6 +44,9 @@ test: venv check up image  ## the whole suite on the real stack (what CI runs)
 
 bench: venv up  ## benchmarks (tables on stdout)
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
+
+docs: venv  ## regenerate the README's settings table from the code
+	$(PY) scripts/settings_table.py
 
 image:  ## build the container image with podman (no Docker), import it into the local stack
 	bash stack/build-image.sh

@@ -160,6 +160,10 @@ def _prefixes(raw: str) -> tuple[str, ...]:
     for prefix in prefixes:
         if not prefix.isprintable() or " " in prefix:
             raise _Rejected(f"must be comma-separated image prefixes, got {_quoted(prefix)}")
+        if not prefix.endswith(
+            "/"
+        ):  # else 'registry.example.com' allows 'registry.example.com.evil.io/x'
+            raise _Rejected(f"each prefix must end with '/', got {_quoted(prefix)}")
     return prefixes
 
 
@@ -301,7 +305,7 @@ class Settings:
     image_pull_grace_seconds: int = _setting(
         "IMAGE_PULL_GRACE_SECONDS",
         60,
-        _integer(0, 3600),
+        _integer(0, 900),  # countdown tasks must stay well inside RabbitMQ's consumer_timeout
         "How long an image pull, scheduling, container config or pod creation error may last "
         "before the task is answered with an error.",
     )
@@ -327,8 +331,8 @@ class Settings:
         "ALLOWED_IMAGE_PREFIXES",
         (),
         _prefixes,
-        "Comma-separated prefixes a task image must start with, e.g. 'registry.example.com/' "
-        "(end each with '/'); empty: any image.",
+        "Comma-separated prefixes a task image must start with, each ending in '/', e.g. "
+        "'registry.example.com/team/'; empty: any image.",
     )
     job_cpu_request: str = _setting(
         "JOB_CPU_REQUEST", "100m", _quantity, "CPU request of the task container (empty: none)."

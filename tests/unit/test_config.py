@@ -163,6 +163,16 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             id="exchange-type",
         ),
         pytest.param(
+            {"ALLOWED_IMAGE_PREFIXES": "registry.example.com"},
+            "ALLOWED_IMAGE_PREFIXES: each prefix must end with '/', got 'registry.example.com'",
+            id="prefix-without-boundary",
+        ),
+        pytest.param(
+            {"IMAGE_PULL_GRACE_SECONDS": "1801"},
+            "IMAGE_PULL_GRACE_SECONDS: must be a whole number from 0 to 900, got '1801'",
+            id="grace-beyond-consumer-timeout",
+        ),
+        pytest.param(
             {"TASK_ACK_MODE": "later"},
             "TASK_ACK_MODE: must be one of confirmed, immediate, got 'later'",
             id="ack-mode",

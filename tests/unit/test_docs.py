@@ -25,7 +25,7 @@ def settings_table() -> str:
 def test_readme_settings_table_is_generated_from_the_code() -> None:
     block = README.split("<!-- settings-table:", 1)[1].split("<!-- end settings-table -->")[0]
     documented = block.split("\n", 1)[1].strip()
-    assert documented == settings_table(), "regenerate the README table from SETTINGS_TABLE"
+    assert documented == settings_table(), "run `make docs` to regenerate the README table"
 
 
 def test_every_setting_has_its_default_when_the_environment_is_empty() -> None:
