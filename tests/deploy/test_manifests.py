@@ -73,7 +73,6 @@ NEEDED = [
     ("watch", "jobs.batch"),
     ("patch", "jobs.batch"),
     ("delete", "jobs.batch"),
-    ("get", "pods"),
     ("list", "pods"),
     ("watch", "pods"),
     ("get", "pods/log"),

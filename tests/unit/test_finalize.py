@@ -37,7 +37,7 @@ from tests.unit.fakes import (
 NOW = datetime(2025, 1, 10, 10, 10, tzinfo=UTC)
 NOW_TEXT = "2025-01-10T10:10:00Z"
 HOLDER = "worker-a/7"
-MESSAGE_ID = f"t-1.{TASK.digest()[:16]}"
+MESSAGE_ID = "t-1.0b6f1b0e-5d1a-4c7e-9d8b-000000000001"  # the name and uid of one run
 POD = "t-1-x7k2p"
 
 
@@ -385,6 +385,29 @@ def test_losing_the_claim_race_publishes_nothing_and_asks_to_look_again() -> Non
     assert publisher.published == []
     assert kube.annotations("t-1")[CLAIM_ANNOTATION] == rival
     assert kube.get_job("t-1") is not None
+
+
+def test_a_claim_lost_to_an_unrelated_update_is_tried_again_at_once() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    label = {"metadata": {"labels": {"team": "reports"}}}
+    kube.before_next("patch_job", lambda: kube.patch_job("t-1", label))  # someone else's edit
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+
+
+def test_another_finalize_task_of_the_same_worker_is_a_rival_too() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    job = claim(kube, f"{HOLDER}/other-task 2025-01-10T10:09:30Z")
+
+    result = run(kube, publisher, job, holder=f"{HOLDER}/this-task")
+
+    assert result.state is Finalized.CLAIMED
+    assert publisher.published == []
 
 
 # --- pod never created ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION
+from dispatcher.kube.jobspec import ReplyRoute
 from tests.unit.fakes import (
     COMPLETE,
     FAILED,
@@ -113,14 +114,53 @@ def test_answered_job_left_behind_by_a_crash_is_cleaned_up_from_the_list() -> No
 
 def test_deleted_job_is_forgotten() -> None:
     react, requests = reactor()
+    job = answered_job()
+
+    react.on_job("MODIFIED", {**job, "metadata": {**job["metadata"], "annotations": {}}})
+    react.on_job("DELETED", job)  # answered, then deleted by finalize: nothing more to say
+    react.on_job("LISTED", {**job, "metadata": {**job["metadata"], "annotations": {}}})
+
+    assert [r.why for r in requests] == ["job ended", "job ended"]  # seen again: treated as new
+    assert react.in_flight == set()
+
+
+@pytest.mark.parametrize(
+    "status", [pytest.param(RUNNING, id="running"), pytest.param(COMPLETE, id="ended")]
+)
+def test_a_job_deleted_before_it_was_answered_is_answered_from_its_last_state(
+    status: Any,
+) -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    job = create_job_for(kube, route=ReplyRoute("corr-7", "amq.gen-reply"))
+    job = kube.update_status("t-1", status)
+
+    react.on_job("DELETED", job)
+
+    deleted = [r for r in requests if r.deleted_annotations is not None]
+    assert [(r.job_name, r.job_uid, r.why) for r in deleted] == [
+        ("t-1", uid(job), "deleted before it was answered")
+    ]
+    assert deleted[0].deleted_annotations == job["metadata"]["annotations"]
+
+
+def test_a_job_whose_finalize_could_not_be_queued_is_asked_for_again() -> None:
+    requests: list[FinalizeRequest] = []
+    failures = [RuntimeError("broker away")]
+
+    def schedule(request: FinalizeRequest) -> None:
+        if failures:
+            raise failures.pop()
+        requests.append(request)
+
+    react = Reactor(schedule, stuck_grace_seconds=GRACE)
     (job,) = job_states(COMPLETE)
 
-    react.on_job("MODIFIED", job)
-    react.on_job("DELETED", job)
-    react.on_job("LISTED", job)  # seen again after its deletion: treated as new
+    with pytest.raises(RuntimeError):
+        react.on_job("MODIFIED", job)
+    react.on_job("LISTED", job)  # the watch lists again after the failure
 
-    assert len(requests) == 2
-    assert react.in_flight == set()
+    assert [r.why for r in requests] == ["job ended"]
 
 
 def test_in_flight_holds_the_jobs_seen_running_until_they_end() -> None:

@@ -125,6 +125,7 @@ class Recorder:
         self.seen.append((event_type, name))
         self.established_when_seen.append(self.watcher.established.is_set())
         if name == self._fail_on:
+            self._fail_on = None  # fails once, like a publish while the broker is away
             raise ValueError(f"handler broke on {name}")
 
 
@@ -219,20 +220,27 @@ def test_expired_version_lists_again_at_once() -> None:
     assert restarts == ["expired"]
 
 
-def test_handler_failure_does_not_stop_the_watch(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_event_the_handler_cannot_take_is_offered_again_by_a_new_list(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     lister = ScriptedLister(
-        [([job("t-1", "90")], "100")],
-        [[event("ADDED", "t-2", "101"), event("ADDED", "t-3", "102")]],
+        [([job("t-1", "90")], "100"), ([job("t-1", "90"), job("t-2", "101")], "101")],
+        [[event("ADDED", "t-2", "101"), event("ADDED", "t-3", "102")], [STOP]],
     )
     watcher, handler, restarts = watcher_for(lister, Recorder(fail_on="t-2"))
 
     with caplog.at_level(logging.ERROR, logger="dispatcher.kube.watcher"):
-        watcher.run()
+        watcher.run()  # waits out one real 1 s backoff
 
-    assert handler.seen == [("LISTED", "t-1"), ("ADDED", "t-2"), ("ADDED", "t-3")]
-    assert lister.watched_from == ["100", "102"]
-    assert restarts == []
-    assert "handling ADDED jobs t-2 failed" in caplog.messages
+    assert handler.seen == [
+        ("LISTED", "t-1"),
+        ("ADDED", "t-2"),  # fails: the stream is left and the watch lists again
+        ("LISTED", "t-1"),
+        ("LISTED", "t-2"),
+    ]
+    assert lister.watched_from == ["100", "101"]
+    assert restarts == ["error"]
+    assert "handling ADDED jobs t-2 failed; will list again" in caplog.messages
 
 
 def test_failed_request_backs_off_then_lists_again(caplog: pytest.LogCaptureFixture) -> None:

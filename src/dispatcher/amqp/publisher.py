@@ -18,6 +18,7 @@ from dispatcher.messages.response import Response
 
 log = logging.getLogger(__name__)
 
+CONFIRM_TIMEOUT_SECONDS = 20.0
 RETRY_POLICY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5}
 
 
@@ -51,6 +52,9 @@ class AmqpResponsePublisher:
                 declare=declare,
                 retry=True,
                 retry_policy=RETRY_POLICY,
+                # A broker in a resource alarm never confirms: give up (and retry the task)
+                # instead of blocking the consumer's event loop past its heartbeats.
+                confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
                 **properties,
             )
         log.info("published response for %s to %s", response.id, routing_key)

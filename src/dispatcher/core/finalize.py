@@ -24,7 +24,6 @@ from dispatcher.kube.conventions import (
     CORRELATION_ID_ANNOTATION,
     REPLY_TO_ANNOTATION,
     RESPONDED_ANNOTATION,
-    TASK_HASH_ANNOTATION,
     owned_labels,
 )
 from dispatcher.kube.jobspec import ReplyRoute
@@ -64,28 +63,47 @@ class Context:
     kube: KubeGateway
     publisher: ResponsePublisher
     settings: Settings
-    holder: str  # identifies this worker in the claim annotation
+    holder: str  # identifies this finalize task (worker and task id) in the claim annotation
 
 
-def message_id(job_name: str, task_hash: str) -> str:
-    """Stable per task, so consumers can drop a repeated response."""
-    return f"{job_name}.{task_hash[:16]}"
+def message_id(job_name: str, run: str) -> str:
+    """The same for every copy of one run's response (`run` is the Job uid, or the task hash
+    for answers given before any Job existed), so consumers can drop a repeat."""
+    return f"{job_name}.{run}"
 
 
 def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = None) -> Result:
     now = now or datetime.now(UTC)
-    job = ctx.kube.get_job(job_name)
-    if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
-        return Result(Finalized.GONE)
-    annotations = job["metadata"].get("annotations") or {}
-    if RESPONDED_ANNOTATION in annotations:
-        ctx.kube.delete_job(job_name)
-        return Result(Finalized.ALREADY_ANSWERED)
-    verdict = _decide(job, ctx)
-    if verdict is None:
-        return Result(Finalized.RUNNING)
-    if not _claim(job, ctx, now):
-        return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
+    for attempt in (1, 2):  # a claim lost to an unrelated update of the Job is tried once more
+        job = ctx.kube.get_job(job_name)
+        if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
+            return Result(Finalized.GONE)
+        annotations = job["metadata"].get("annotations") or {}
+        if RESPONDED_ANNOTATION in annotations:
+            ctx.kube.delete_job(job_name)
+            return Result(Finalized.ALREADY_ANSWERED)
+        verdict = _decide(job, ctx)
+        if verdict is None:
+            return Result(Finalized.RUNNING)
+        claim = _claim(job, ctx, now)
+        if claim is _Claim.TAKEN:
+            return _answer_and_release(job, verdict, ctx, now)
+        if claim is _Claim.HELD_ELSEWHERE or attempt == 2:
+            break
+    return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
+
+
+def answer_deleted(job_name: str, job_uid: str, annotations: dict[str, str], ctx: Context) -> None:
+    """A Job deleted before it was answered (by a person, or its TTL) still gets a response."""
+    response = Response(id=job_name, error="the Job was deleted before it finished")
+    ctx.publisher.publish(response, _route(annotations), message_id(job_name, job_uid))
+    log.info("answered Job %s: deleted before it finished", job_name)
+
+
+def _answer_and_release(
+    job: dict[str, Any], verdict: Verdict, ctx: Context, now: datetime
+) -> Result:
+    job_name = job["metadata"]["name"]
     _answer(job, verdict, ctx)
     ctx.kube.patch_job(job_name, {"metadata": {"annotations": {RESPONDED_ANNOTATION: _ts(now)}}})
     ctx.kube.delete_job(job_name)
@@ -118,12 +136,18 @@ def _ours(job: dict[str, Any], ctx: Context) -> bool:
     }
 
 
-def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> bool:
+class _Claim(enum.Enum):
+    TAKEN = "taken"
+    HELD_ELSEWHERE = "held elsewhere"
+    CONFLICT = "conflict"  # the Job changed since we read it
+
+
+def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> _Claim:
     """Conditional patch on resourceVersion: exactly one concurrent finalizer wins."""
     meta = job["metadata"]
     current = (meta.get("annotations") or {}).get(CLAIM_ANNOTATION)
     if current and not _claim_expired(current, now) and not current.startswith(ctx.holder + " "):
-        return False
+        return _Claim.HELD_ELSEWHERE
     patch = {
         "metadata": {
             "resourceVersion": meta["resourceVersion"],
@@ -133,8 +157,8 @@ def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> bool:
     try:
         ctx.kube.patch_job(meta["name"], patch)
     except ConflictError:
-        return False
-    return True
+        return _Claim.CONFLICT
+    return _Claim.TAKEN
 
 
 def _claim_expired(claim: str, now: datetime) -> bool:
@@ -156,12 +180,14 @@ def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
         except PermanentKubeError as exc:  # e.g. the container never started: no logs exist
             log.info("no logs for Pod %s: %s", verdict.pod_name, exc)
     response = Response(id=meta["name"], output=output, exit=verdict.exit_code, error=verdict.error)
-    route = ReplyRoute(
+    ctx.publisher.publish(response, _route(annotations), message_id(meta["name"], meta["uid"]))
+
+
+def _route(annotations: dict[str, str]) -> ReplyRoute:
+    return ReplyRoute(
         correlation_id=annotations.get(CORRELATION_ID_ANNOTATION),
         reply_to=annotations.get(REPLY_TO_ANNOTATION),
     )
-    task_hash = annotations.get(TASK_HASH_ANNOTATION, meta.get("uid", ""))
-    ctx.publisher.publish(response, route, message_id(meta["name"], task_hash))
 
 
 def _age(job: dict[str, Any], now: datetime) -> float | None:

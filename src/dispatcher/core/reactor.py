@@ -30,6 +30,7 @@ class FinalizeRequest:
     job_uid: str
     delay_seconds: float
     why: str
+    deleted_annotations: dict[str, str] | None = None  # set when the Job vanished unanswered
 
 
 Schedule = Callable[[FinalizeRequest], None]
@@ -50,17 +51,22 @@ class Reactor:
     def on_job(self, event_type: str, job: dict[str, Any]) -> None:
         meta = job.get("metadata", {})
         uid, name = meta.get("uid", ""), meta.get("name", "")
+        annotations = meta.get("annotations") or {}
         if event_type == "DELETED":
             with self._lock:
                 self._finishing.discard(uid)
                 self._not_created.discard(uid)
                 self.in_flight.discard(uid)
+            if RESPONDED_ANNOTATION not in annotations:  # deleted by someone else, unanswered
+                why = "deleted before it was answered"
+                self._schedule(FinalizeRequest(name, uid, 0.0, why, dict(annotations)))
             return
-        if RESPONDED_ANNOTATION in (meta.get("annotations") or {}):
+        if RESPONDED_ANNOTATION in annotations:
             with self._lock:
                 self.in_flight.discard(uid)
             if event_type == "LISTED":  # answered before a crash, never deleted: finish the job
-                self._schedule_once(name, uid, "answered, not yet deleted")
+                why = "answered, not yet deleted"
+                self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
             return
         if not job_finished(job):
             with self._lock:
@@ -68,14 +74,21 @@ class Reactor:
             return
         with self._lock:
             self.in_flight.discard(uid)
-        self._schedule_once(name, uid, "job ended")
+        self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, "job ended"))
 
-    def _schedule_once(self, name: str, uid: str, why: str) -> None:
+    def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
+        """Schedule `request` unless `key` was already scheduled; forget `key` again when
+        scheduling fails (the broker is away), so that the next event or re-list retries it."""
         with self._lock:
-            if uid in self._finishing:
+            if key in seen:
                 return
-            self._finishing.add(uid)
-        self._schedule(FinalizeRequest(name, uid, 0.0, why))
+            seen.add(key)
+        try:
+            self._schedule(request)
+        except BaseException:
+            with self._lock:
+                seen.discard(key)
+            raise
 
     def on_event(self, event_type: str, event: dict[str, Any]) -> None:
         """Events the Job controller records when it cannot create a Job's pod (the watch selects
@@ -84,12 +97,9 @@ class Reactor:
         uid, name = involved.get("uid"), involved.get("name")
         if event_type == "DELETED" or event.get("reason") != "FailedCreate" or not uid or not name:
             return
-        with self._lock:
-            if uid in self._not_created:
-                return
-            self._not_created.add(uid)
         log.info("Job %s could not create its pod: %s", name, event.get("message"))
-        self._schedule(FinalizeRequest(name, uid, self._grace, "pod not created"))
+        request = FinalizeRequest(name, uid, self._grace, "pod not created")
+        self._once(self._not_created, uid, request)
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata", {})
@@ -103,9 +113,6 @@ class Reactor:
         job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
         if stuck is None or not job_name or not job_uid:
             return
-        with self._lock:
-            if pod_uid in self._stuck:
-                return
-            self._stuck.add(pod_uid)
-        log.info("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
-        self._schedule(FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name))
+        log.debug("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
+        request = FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name)
+        self._once(self._stuck, pod_uid, request)

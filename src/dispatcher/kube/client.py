@@ -109,7 +109,7 @@ class KubeClient:
     def _call(self, method: str, path: str, action: str, **kwargs: Any) -> httpx2.Response:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx2.TransportError as exc:
+        except httpx2.RequestError as exc:  # transport failures and undecodable bodies
             raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
         if response.is_error:
             raise error_from_response(response, action)
@@ -191,7 +191,7 @@ class KubeClient:
                 yield response
             finally:
                 response.close()
-        except httpx2.TransportError as exc:
+        except httpx2.RequestError as exc:  # transport failures and undecodable bodies
             raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
 
     # -- list + watch -------------------------------------------------------------------------
@@ -228,4 +228,12 @@ class KubeClient:
         with self._stream(self._path(kind), params, f"watch {kind}", read_timeout=timeout) as body:
             for line in body.iter_lines():
                 if line.strip():
-                    yield json.loads(line)
+                    yield _event(line, kind)
+
+
+def _event(line: str, kind: str) -> KubeObject:
+    try:
+        event: KubeObject = json.loads(line)
+    except ValueError as exc:  # a cut or garbled stream: watch again
+        raise TransientKubeError(f"watch {kind}: undecodable event: {exc}") from exc
+    return event

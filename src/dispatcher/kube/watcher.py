@@ -29,6 +29,10 @@ class WatchExpiredError(Exception):
     """The resourceVersion is too old (410 Gone): list again."""
 
 
+class HandlerFailedError(Exception):
+    """The handler could not take an event: list again (with backoff)."""
+
+
 class Watcher:
     """Keeps one list+watch of `kind` objects matching `selector` running until `stop()`."""
 
@@ -52,6 +56,7 @@ class Watcher:
         self._on_restart = on_restart or (lambda reason: None)
         self._stopping = threading.Event()
         self._failures = 0
+        self._handler_failed = False
         self.established = threading.Event()
 
     def stop(self) -> None:
@@ -65,7 +70,7 @@ class Watcher:
             except WatchExpiredError:
                 log.info("watch of %s expired (410 Gone); listing again", self.kind)
                 self._restart("expired")
-            except KubeError as exc:
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive any single failure
                 self.established.clear()
                 self._failures += 1
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**self._failures)
@@ -85,12 +90,16 @@ class Watcher:
     def _list_then_watch(self) -> None:
         items, version = self._kube.list_objects(self.kind, self._selector, self._fields)
         log.debug("listed %d %s at resourceVersion %s", len(items), self.kind, version)
+        self._handler_failed = False
         for obj in items:
             self._handle("LISTED", obj)
-        self._failures = 0  # the API answers again: the next failure backs off from the start
+        if not self._handler_failed:
+            self._failures = 0  # all is well again: the next failure backs off from the start
         self.established.set()
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._handler_failed:
             version = self._watch_once(version)
+        if self._handler_failed:
+            raise HandlerFailedError("an event could not be handled")
 
     def _watch_once(self, version: str) -> str:
         """One watch request; returns the resourceVersion to continue from."""
@@ -107,14 +116,19 @@ class Watcher:
             version = obj.get("metadata", {}).get("resourceVersion") or version
             if kind != "BOOKMARK":
                 self._handle(str(kind), obj)
+                if self._handler_failed:
+                    break
         return version
 
     def _handle(self, event_type: str, obj: dict[str, Any]) -> None:
+        """A failing handler (for example: the broker is away) neither stops the other objects
+        nor loses this one: the watch lists again afterwards, which offers every object anew."""
         try:
             self._handler(event_type, obj)
         except Exception:
             name = obj.get("metadata", {}).get("name")
-            log.exception("handling %s %s %s failed", event_type, self.kind, name)
+            log.exception("handling %s %s %s failed; will list again", event_type, self.kind, name)
+            self._handler_failed = True
 
 
 def _error_event(status: dict[str, Any]) -> Exception:

@@ -51,5 +51,7 @@ class Runtime:
     def publisher(self) -> AmqpResponsePublisher:
         return AmqpResponsePublisher(self.app.producer_pool, self.settings)
 
-    def finalize_context(self) -> Context:
-        return Context(self.kube, self.publisher, self.settings, self.holder)
+    def finalize_context(self, task_id: str) -> Context:
+        """The claim holder names this worker and the finalize task, so two tasks of one
+        worker never both answer a Job."""
+        return Context(self.kube, self.publisher, self.settings, f"{self.holder}/{task_id}")

@@ -23,6 +23,14 @@ from dispatcher.worker.health import HealthServer
 log = logging.getLogger(__name__)
 
 FAILED_CREATE_EVENTS = "involvedObject.kind=Job,reason=FailedCreate"
+# While the broker is away, queueing a finalize keeps trying for about two minutes; after that
+# the watch re-lists (kube.watcher) and the reactor asks again.
+SCHEDULE_RETRY_POLICY = {
+    "max_retries": 30,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
+}
 
 
 class JobWatchStep(bootsteps.StartStopStep):
@@ -40,8 +48,14 @@ class JobWatchStep(bootsteps.StartStopStep):
                 request.delay_seconds,
                 request.why,
             )
+            kwargs = {}
+            if request.deleted_annotations is not None:
+                kwargs["deleted_annotations"] = request.deleted_annotations
             finalize.apply_async(
-                args=[request.job_name, request.job_uid], countdown=request.delay_seconds or None
+                args=[request.job_name, request.job_uid],
+                kwargs=kwargs,
+                countdown=request.delay_seconds or None,
+                retry_policy=SCHEDULE_RETRY_POLICY,
             )
 
         reactor = Reactor(schedule, stuck_grace_seconds=settings.image_pull_grace_seconds)

@@ -1,8 +1,10 @@
 """The two short Celery tasks. Thin adapters: decode, call one core function, map errors.
 
-`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended or stuck
-Job. Neither waits for a Job to run. Transient Kubernetes errors are retried with the one policy
-in `dispatcher.worker.retry`; permanent ones, and retries running out, are answered at once.
+`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck or
+deleted Job. Neither waits for a Job to run. Transient Kubernetes errors and broker errors are
+retried with the one policy in `dispatcher.worker.retry`; permanent Kubernetes errors, and
+retries running out, are answered at once. A retry that cannot even be published puts the
+message back on its queue instead of dropping it.
 """
 
 from __future__ import annotations
@@ -10,20 +12,30 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject, Retry
+from kombu.exceptions import KombuError, OperationalError
 
 from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
-from dispatcher.core.finalize import Finalized, finalize, message_id
+from dispatcher.core.finalize import Finalized, answer_deleted, finalize, message_id
 from dispatcher.core.submit import submit
-from dispatcher.errors import KubeError, TaskConflictError, TransientKubeError
+from dispatcher.errors import (
+    InvalidTaskError,
+    KubeError,
+    TaskConflictError,
+    TransientKubeError,
+)
 from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
-from dispatcher.messages.task import parse_task
+from dispatcher.messages.task import parse_task, peek_task_id
 from dispatcher.worker.retry import MAX_ATTEMPTS, backoff
 
 log = logging.getLogger(__name__)
+
+BROKER_ERRORS = (KombuError, OperationalError, ConnectionError, OSError)
 
 
 def register_tasks(app: Celery) -> None:
@@ -33,13 +45,54 @@ def register_tasks(app: Celery) -> None:
 
 
 def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
+    return _guarded(self, lambda: _submit(self, task, route))
+
+
+def finalize_task(
+    self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None = None
+) -> str:
+    return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations))
+
+
+def _guarded(self: Task, work: Callable[[], str]) -> str:
+    """Broker trouble while answering: try again later rather than lose the task."""
+    try:
+        return work()
+    except (Retry, Reject):
+        raise
+    except BROKER_ERRORS as exc:
+        log.warning("%s: broker error %s; will retry", self.name, exc)
+        _retry(self, exc, backoff(min(self.request.retries, 6)))
+        raise  # unreachable: _retry always raises
+
+
+def _retry(self: Task, exc: Exception, countdown: float) -> None:
+    try:
+        raise self.retry(exc=exc, countdown=countdown, max_retries=None)
+    except Reject as rejected:  # the retry itself could not be published
+        raise Reject(rejected.reason, requeue=True) from exc
+
+
+def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     runtime = self.app.dispatcher
-    metrics = runtime.metrics
-    parsed = parse_task(json.dumps(task), max_bytes=2**31)  # re-checked: queues can be written to
+    settings, metrics = runtime.settings, runtime.metrics
     reply = ReplyRoute(route.get("correlation_id"), route.get("reply_to"))
+    body = json.dumps(task)
+    try:  # checked again with the same policy: anyone who can write to the queue may send this
+        parsed = parse_task(
+            body,
+            max_bytes=settings.max_task_bytes,
+            allowed_image_prefixes=settings.allowed_image_prefixes,
+        )
+    except InvalidTaskError as exc:
+        task_id = exc.task_id or peek_task_id(body)
+        runtime.publisher.publish(
+            Response(id=task_id, error=str(exc)), reply, f"invalid.{self.request.id}"
+        )
+        return "rejected"
     started = time.perf_counter()
     try:
-        result = submit(parsed, reply, kube=runtime.kube, settings=runtime.settings).value
+        result = submit(parsed, reply, kube=runtime.kube, settings=settings).value
         metrics.submit_seconds.observe(time.perf_counter() - started)
         metrics.tasks_submitted.labels(result).inc()
         return result
@@ -55,7 +108,7 @@ def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
                 self.request.retries + 1,
                 MAX_ATTEMPTS,
             )
-            raise self.retry(exc=exc, countdown=delay) from exc
+            _retry(self, exc, delay)
         error = f"Kubernetes API unavailable: {exc}"
     except TaskConflictError as exc:
         error = str(exc)
@@ -63,24 +116,32 @@ def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
         metrics.kube_errors.labels("permanent").inc()
         error = str(exc)
     log.warning("task %s answered with an error: %s", parsed.id, error)
-    message = message_id(parsed.id, parsed.digest())
+    message = message_id(parsed.id, parsed.digest()[:16])
     runtime.publisher.publish(Response(id=parsed.id, error=error), reply, message)
     metrics.tasks_submitted.labels("rejected").inc()
     return "rejected"
 
 
-def finalize_task(self: Task, job_name: str, job_uid: str) -> str:
+def _finalize(
+    self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None
+) -> str:
     runtime = self.app.dispatcher
+    context = runtime.finalize_context(self.request.id)
+    if deleted_annotations is not None:
+        answer_deleted(job_name, job_uid, deleted_annotations, context)
+        runtime.metrics.jobs_finished.labels("deleted").inc()
+        return "answered"
     try:
-        result = finalize(job_name, job_uid, runtime.finalize_context())
+        result = finalize(job_name, job_uid, context)
     except TransientKubeError as exc:
         runtime.metrics.kube_errors.labels("transient").inc()
         log.warning("finalizing Job %s failed: %s; will retry", job_name, exc)
-        raise self.retry(exc=exc, countdown=backoff(min(self.request.retries, 6))) from exc
+        _retry(self, exc, backoff(min(self.request.retries, 6)))
+        raise  # unreachable
     if result.state is Finalized.ANSWERED and result.verdict is not None:
         runtime.metrics.jobs_finished.labels(result.verdict.outcome.value).inc()
         if result.age_seconds is not None:
             runtime.metrics.end_to_end_seconds.observe(result.age_seconds)
     if result.retry_in is not None:
-        raise self.retry(countdown=result.retry_in)
+        _retry(self, Exception(result.state.value), result.retry_in)
     return result.state.value
