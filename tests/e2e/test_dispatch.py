@@ -352,3 +352,18 @@ def test_a_pod_that_cannot_be_created_is_answered_with_the_reason_and_the_job_re
     assert response["error"].startswith("the pod could not be created: ")
     assert 'serviceaccount "no-such-account" not found' in response["error"]
     assert wait_for_jobs(broker, 0, timeout=30) == []
+
+
+def test_a_job_deleted_by_someone_else_is_answered(dispatcher: Dispatcher) -> None:
+    broker, _ = dispatcher
+    sent = task("sleep 60")
+    broker.publish(sent, correlation_id="corr-del")
+    assert wait_for_jobs(broker, 1)
+
+    kubectl("-n", "dispatcher", "delete", "job", sent["id"], "--wait=false")
+
+    assert broker.response(timeout=60) == {
+        "id": sent["id"],
+        "error": "the Job was deleted before it finished",
+    }
+    assert broker.no_more_responses(2) == []
