@@ -266,3 +266,19 @@ def test_sigterm_stops_the_worker_in_time_and_loses_nothing(log_dir: Path) -> No
         finally:
             restarted.stop()
     assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
+
+
+@pytest.mark.settings(JOB_NAMESPACE="no-such-namespace")
+def test_a_missing_namespace_is_answered_at_once(dispatcher: tuple[Broker, Worker]) -> None:
+    broker, worker = dispatcher
+    sent = task("echo never")
+    broker.publish(sent)
+
+    response = broker.response(timeout=30)
+    assert response == {
+        "id": sent["id"],
+        "error": f'create Job {sent["id"]}: namespaces "no-such-namespace" not found (HTTP 404)',
+    }
+    assert "retrying in" not in "\n".join(
+        line for line in worker.log().splitlines() if "creating Job" in line
+    )

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx2
 from lightkube.config import client_adapter
-from lightkube.config.kubeconfig import KubeConfig
+from lightkube.config.kubeconfig import DEFAULT_KUBECONFIG, KubeConfig
 from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 
 from dispatcher.config import Settings
@@ -51,12 +51,11 @@ _PERMANENT_BY_STATUS: dict[int, type[KubeError]] = {
 
 
 def load_config(settings: Settings) -> KubeConfig:
-    """In-cluster service account, or the kubeconfig file (KUBECONFIG or ~/.kube/config)."""
+    """In-cluster service account, or the kubeconfig file (KUBECONFIG or ~/.kube/config) —
+    never the other one by surprise."""
     if settings.k8s_in_cluster:
         return KubeConfig.from_service_account()
-    if settings.kubeconfig:
-        return KubeConfig.from_file(settings.kubeconfig)
-    return KubeConfig.from_env()
+    return KubeConfig.from_file(settings.kubeconfig or DEFAULT_KUBECONFIG)
 
 
 def error_from_response(response: httpx2.Response, action: str) -> KubeError:
