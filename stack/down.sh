@@ -17,7 +17,7 @@ fi
 stop_component containerd
 # runc shims outlive containerd by design; ours are the ones serving our socket.
 for p in /proc/[0-9]*; do
-  if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK"; then
+  if tr '\0' ' ' 2>/dev/null < "$p/cmdline" | grep -q -- "containerd-shim.*-address $SOCK"; then
     kill -KILL "${p#/proc/}" 2>/dev/null
   fi
 done

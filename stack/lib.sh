@@ -34,7 +34,7 @@ start_component() {
 
 component_alive() {
   local f=$STACK_RUN/pids/$1.pid
-  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+  [ -f "$f" ] && pid_running "$(cat "$f")"
 }
 
 fail_component() {
@@ -60,14 +60,22 @@ waitfor() {
   done
 }
 
+# pid_running PID: the process exists and has not exited (a zombie waiting for its parent to
+# reap it counts as exited: components are reparented and reaped only from time to time).
+pid_running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # stop_component NAME: TERM the process group of the recorded PID, KILL after 10 s.
 stop_component() {
   local f=$STACK_RUN/pids/$1.pid pid
   [ -f "$f" ] || return 0
   pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+  if pid_running "$pid"; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    for _ in $(seq 100); do pid_running "$pid" || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null
   fi
   rm -f "$f"
