@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,20 @@ def job_states(broker: Broker) -> dict[str, str]:
     return states
 
 
+def answers_after_restart(
+    instance: Instance, broker: Broker, log_dir: Path, count: int
+) -> list[dict[str, Any]]:
+    """Start a new worker of `instance`; return the `count` responses it gives, and no more."""
+    restarted = Worker(instance, log_dir)
+    try:
+        restarted.start(broker)
+        responses = [json.loads(m.body) for m in broker.responses(count, timeout=120)]
+        assert broker.no_more_responses(3) == []
+    finally:
+        restarted.stop()
+    return responses
+
+
 def test_worker_killed_after_submitting_answers_every_task_after_restart(log_dir: Path) -> None:
     instance = Instance()
     with running(instance, log_dir) as (broker, worker):
@@ -45,13 +60,7 @@ def test_worker_killed_after_submitting_answers_every_task_after_restart(log_dir
             assert time.monotonic() < deadline, job_states(broker)
             time.sleep(0.5)
 
-        restarted = Worker(instance, log_dir)
-        try:
-            restarted.start(broker)
-            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=90)]
-            assert broker.no_more_responses(3) == []
-        finally:
-            restarted.stop()
+        responses = answers_after_restart(instance, broker, log_dir, len(sent))
     expected = {
         d["id"]: {"id": d["id"], "output": f"n{i}\n", "exit": 0} for i, d in enumerate(sent)
     }
@@ -69,12 +78,7 @@ def test_worker_killed_while_taking_in_messages_loses_none(log_dir: Path) -> Non
         restarted.start(broker)
         time.sleep(0.3)  # mid-intake: some messages handed over, some not
         restarted.kill(signal.SIGKILL)
-        final = Worker(instance, log_dir)
-        try:
-            final.start(broker)
-            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=120)]
-        finally:
-            final.stop()
+        responses = answers_after_restart(instance, broker, log_dir, len(sent))
     assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
     assert all(r["exit"] == 0 for r in responses)
 
@@ -258,13 +262,7 @@ def test_sigterm_stops_the_worker_in_time_and_loses_nothing(log_dir: Path) -> No
         time.sleep(1)
         worker.proc.send_signal(signal.SIGTERM)
         worker.proc.wait(timeout=30)  # within the Deployment's terminationGracePeriodSeconds
-        restarted = Worker(instance, log_dir)
-        try:
-            restarted.start(broker)
-            responses = [json.loads(m.body) for m in broker.responses(len(sent), timeout=120)]
-            assert broker.no_more_responses(3) == []
-        finally:
-            restarted.stop()
+        responses = answers_after_restart(instance, broker, log_dir, len(sent))
     assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
 
 
