@@ -23,7 +23,6 @@ from kombu import Connection, Exchange, Producer, Queue
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / ".local"
-KUBECTL = None  # resolved lazily from stack/versions.env
 
 
 def stack_env() -> dict[str, str]:

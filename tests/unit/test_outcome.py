@@ -18,20 +18,18 @@ from dispatcher.kube.outcome import (
     judge_stuck,
     pod_stuck,
 )
+from tests.unit.fakes import (
+    POLICY_MESSAGE,
+    T0,
+    T1,
+    UNSCHEDULABLE_MESSAGE,
+    terminated,
+    waiting,
+)
 
 # --- canned objects ---------------------------------------------------------------------------
 
-T0 = "2025-01-10T10:00:00Z"
-T1 = "2025-01-10T10:05:00Z"
 T2 = "2025-01-10T10:09:30Z"
-POLICY_MESSAGE = (
-    "Container task for pod dispatcher/t-1-x7k2p failed with exit code 3 matching FailJob rule "
-    "at index 1"
-)
-UNSCHEDULABLE_MESSAGE = (
-    "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: "
-    "1 No preemption victims found for incoming pod."
-)
 
 
 def condition(kind: str, status: str = "True", reason: str = "", message: str = "") -> Any:
@@ -102,22 +100,6 @@ BACKOFF_JOB = make_job(
         message="Job has reached the specified backoff limit",
     ),
 )
-
-
-def terminated(exit_code: int, reason: str = "Completed") -> Any:
-    return {
-        "terminated": {
-            "exitCode": exit_code,
-            "reason": reason,
-            "startedAt": T0,
-            "finishedAt": T1,
-            "containerID": "containerd://3f1c9a",
-        }
-    }
-
-
-def waiting(reason: str, message: str | None = None) -> Any:
-    return {"waiting": {"reason": reason, **({"message": message} if message else {})}}
 
 
 SCHEDULED = condition("PodScheduled")

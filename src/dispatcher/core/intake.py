@@ -16,7 +16,7 @@ from typing import Any
 from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError
 from dispatcher.kube.jobspec import ReplyRoute
-from dispatcher.messages.response import Response
+from dispatcher.messages.response import Response, error_response
 from dispatcher.messages.task import Task, parse_task, peek_task_id
 
 
@@ -60,8 +60,6 @@ def take(
         digest = hashlib.sha256(raw).hexdigest()[:16]
         # An invalid id is still echoed (when it is a short string) so the sender can match it.
         small = len(raw) <= settings.max_task_bytes  # never parse an oversized body
-        response = Response(
-            id=exc.task_id or (peek_task_id(raw) if small else None), error=str(exc)
-        )
+        response = error_response(exc, exc.task_id or (peek_task_id(raw) if small else None))
         return Rejected(response, route, f"invalid.{digest}")
     return Accepted(task, route)

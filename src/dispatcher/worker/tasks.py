@@ -29,7 +29,7 @@ from dispatcher.errors import (
     TransientKubeError,
 )
 from dispatcher.kube.jobspec import ReplyRoute
-from dispatcher.messages.response import Response
+from dispatcher.messages.response import error_response
 from dispatcher.messages.task import parse_task, peek_task_id
 from dispatcher.worker.retry import MAX_ATTEMPTS, backoff
 
@@ -86,9 +86,7 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
         )
     except InvalidTaskError as exc:
         task_id = exc.task_id or peek_task_id(body)
-        runtime.publisher.publish(
-            Response(id=task_id, error=str(exc)), reply, f"invalid.{self.request.id}"
-        )
+        runtime.publisher.publish(error_response(exc, task_id), reply, f"invalid.{self.request.id}")
         return "rejected"
     started = time.perf_counter()
     try:
@@ -117,7 +115,7 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
         error = str(exc)
     log.warning("task %s answered with an error: %s", parsed.id, error)
     message = message_id(parsed.id, parsed.digest()[:16])
-    runtime.publisher.publish(Response(id=parsed.id, error=error), reply, message)
+    runtime.publisher.publish(error_response(error, parsed.id), reply, message)
     metrics.tasks_submitted.labels("rejected").inc()
     return "rejected"
 
