@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConflictError, KubeError, NotFoundError, PermanentKubeError
-from dispatcher.kube.conventions import CONTAINER_NAME
-from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.kube.conventions import CONTAINER_NAME, CONTROLLER_UID_LABEL, JOB_NAME_LABEL
+from dispatcher.kube.jobspec import build_job
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ TASK = Task(
     cmd=("/bin/sh", "-c"),
     args=("echo hello",),
 )
-CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 # --- the API server ---------------------------------------------------------------------------

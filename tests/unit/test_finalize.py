@@ -11,8 +11,8 @@ import pytest
 from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (
     COMPLETE,
     DEADLINE,

@@ -10,8 +10,8 @@ import pytest
 
 from dispatcher.config import Settings
 from dispatcher.core.intake import Accepted, Rejected, take
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 SETTINGS = Settings.from_env({})

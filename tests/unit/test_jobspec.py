@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.kube.jobspec import build_job
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import parse_task
 
 SETTINGS = Settings.from_env(

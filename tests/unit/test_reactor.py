@@ -9,7 +9,7 @@ import pytest
 
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION
-from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (
     COMPLETE,
     FAILED,

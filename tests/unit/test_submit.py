@@ -20,7 +20,7 @@ from dispatcher.kube.conventions import (
     REPLY_TO_ANNOTATION,
     TASK_HASH_ANNOTATION,
 )
-from dispatcher.kube.jobspec import ReplyRoute
+from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import SETTINGS, TASK, FakeKube
 
 ROUTE = ReplyRoute("c-42", "amq.rabbitmq.reply-to.g1h2AA")

@@ -9,12 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kombu import Connection
-
-from dispatcher.amqp.topology import response_exchange, response_queue, task_queue
+from dispatcher.amqp.topology import response_exchange, response_queue
 from dispatcher.config import Settings
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,3 @@ class AmqpResponsePublisher:
                 **properties,
             )
         log.info("published response for %s to %s", response.id, routing_key)
-
-
-def declare_topology(connection: Connection, settings: Settings) -> None:
-    """Declare task and response exchanges, queues and bindings (idempotent)."""
-    channel = connection.default_channel
-    for queue in (task_queue(settings), response_queue(settings)):
-        queue(channel).declare()

@@ -25,8 +25,8 @@ from dispatcher.kube.conventions import (
     REPLY_TO_ANNOTATION,
     RESPONDED_ANNOTATION,
     owned_labels,
+    pods_of_job,
 )
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.kube.outcome import (
     Verdict,
     job_finished,
@@ -36,6 +36,7 @@ from dispatcher.kube.outcome import (
     pod_stuck,
 )
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _answer_and_release(
 
 def _decide(job: dict[str, Any], ctx: Context) -> Verdict | None:
     uid = job["metadata"]["uid"]
-    pods = ctx.kube.list_pods(f"batch.kubernetes.io/controller-uid={uid}")
+    pods = ctx.kube.list_pods(pods_of_job(uid))
     if job_finished(job):
         return judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
     for pod in pods:

@@ -15,8 +15,8 @@ from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import Response, error_response
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task, parse_task, peek_task_id
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.kube.lister import Lister
 from dispatcher.messages.response import Response
+from dispatcher.messages.route import ReplyRoute
 
 KubeObject = dict[str, Any]
 

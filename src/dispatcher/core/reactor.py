@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.kube.conventions import RESPONDED_ANNOTATION
+from dispatcher.kube.conventions import (
+    CONTROLLER_UID_LABEL,
+    JOB_NAME_LABEL,
+    RESPONDED_ANNOTATION,
+)
 from dispatcher.kube.outcome import job_finished, pod_stuck
 
 log = logging.getLogger(__name__)
-
-JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
 from dispatcher.kube.conventions import TASK_HASH_ANNOTATION
-from dispatcher.kube.jobspec import ReplyRoute, build_job
+from dispatcher.kube.jobspec import build_job
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,11 @@ RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
 CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
 """``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
 
+JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"
+"""Set by the Job controller on every pod of a Job: the Job's name."""
+CONTROLLER_UID_LABEL: Final = "batch.kubernetes.io/controller-uid"
+"""Set by the Job controller on every pod of a Job: the Job's uid."""
+
 CONTAINER_NAME: Final = "task"
 VOLUME_NAME: Final = "work"
 
@@ -45,3 +50,8 @@ def owned_labels(dispatcher_name: str, task_id: str) -> dict[str, str]:
         INSTANCE_LABEL: dispatcher_name,
         TASK_ID_LABEL: task_id,
     }
+
+
+def pods_of_job(job_uid: str) -> str:
+    """The selector matching every pod the Job controller made for one Job."""
+    return f"{CONTROLLER_UID_LABEL}={job_uid}"

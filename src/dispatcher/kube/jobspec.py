@@ -10,7 +10,6 @@ operator settings. The Job runs one pod, never restarted in place; a pod lost to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
 from dispatcher.config import Settings
@@ -23,19 +22,12 @@ from dispatcher.kube.conventions import (
     job_name,
     owned_labels,
 )
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 JOB_DEADLINE_MARGIN_SECONDS: Final = 300
 """The Job-level deadline exceeds the pod's by this much; it is only a backstop."""
 TERMINATION_GRACE_SECONDS: Final = 10
-
-
-@dataclass(frozen=True)
-class ReplyRoute:
-    """Where the response goes: the AMQP ``correlation_id`` and ``reply_to`` of the task."""
-
-    correlation_id: str | None = None
-    reply_to: str | None = None
 
 
 def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, Any]:

@@ -28,8 +28,8 @@ from dispatcher.errors import (
     TaskConflictError,
     TransientKubeError,
 )
-from dispatcher.kube.jobspec import ReplyRoute
 from dispatcher.messages.response import error_response
+from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import parse_task, peek_task_id
 from dispatcher.worker.retry import MAX_ATTEMPTS, backoff
 

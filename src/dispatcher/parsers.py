@@ -1,0 +1,158 @@
+"""Parsers of raw setting values: each takes the text of one environment variable and returns
+the typed value, or raises :class:`Rejected` with a one-line reason that shows the offending value
+(bounded, printable) but never a secret. Also the Kubernetes quantity arithmetic that settings and
+the capacity rules share.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, Final
+
+Parser = Callable[[str], Any]
+
+
+class Rejected(Exception):
+    """A parser's verdict on one raw value; the caller adds the variable's name."""
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUANTITY = re.compile(r"([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_QUANTITY_FACTOR: Final[Mapping[str, Decimal]] = MappingProxyType(
+    {
+        "": Decimal(1),
+        "m": Decimal("0.001"),
+        **{suffix: Decimal(1000) ** power for power, suffix in enumerate("kMGTPE", start=1)},
+        **{f"{s}i": Decimal(1024) ** power for power, s in enumerate("KMGTPE", start=1)},
+    }
+)
+_TRUE: Final = frozenset({"true", "1", "yes"})
+_FALSE: Final = frozenset({"false", "0", "no"})
+_SHOWN_MAX: Final = 80
+
+
+def _quoted(raw: str) -> str:
+    """Show a raw value in an error: plain quotes, one line, bounded length."""
+    shown = "".join(char if char.isprintable() else "?" for char in raw[:_SHOWN_MAX])
+    return f"'{shown}{'...' if len(raw) > _SHOWN_MAX else ''}'"
+
+
+def integer(low: int, high: int) -> Parser:
+    def parse(raw: str) -> int:
+        text = raw.strip()
+        if _INTEGER.fullmatch(text) and low <= int(text) <= high:
+            return int(text)
+        raise Rejected(f"must be a whole number from {low} to {high}, got {_quoted(raw)}")
+
+    return parse
+
+
+def boolean(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise Rejected(f"must be one of true, false, 1, 0, yes, no, got {_quoted(raw)}")
+
+
+def choice(*options: str) -> Parser:
+    """One of ``options``, matched without regard to case and returned as spelled there."""
+
+    def parse(raw: str) -> str:
+        text = raw.strip().lower()
+        for option in options:
+            if text == option.lower():
+                return option
+        raise Rejected(f"must be one of {', '.join(options)}, got {_quoted(raw)}")
+
+    return parse
+
+
+def amqp_name(*, allow_empty: bool) -> Parser:
+    """An exchange, queue or routing-key name: printable, at most 255 bytes (AMQP shortstr)."""
+
+    def parse(raw: str) -> str:
+        if (raw or allow_empty) and raw.isprintable() and len(raw.encode()) <= 255:
+            return raw
+        size = "0 to 255" if allow_empty else "1 to 255"
+        raise Rejected(f"must be {size} bytes of printable text, got {_quoted(raw)}")
+
+    return parse
+
+
+def text(raw: str) -> str:
+    if raw and raw.isprintable():
+        return raw
+    raise Rejected(f"must be non-empty printable text, got {_quoted(raw)}")
+
+
+def secret(raw: str) -> str:
+    if raw and raw.isprintable():
+        return raw
+    raise Rejected("must be non-empty printable text (the value is not shown)")
+
+
+def host(raw: str) -> str:
+    if raw and raw.isprintable() and not any(char in raw for char in " /@?#"):
+        return raw
+    raise Rejected(f"must be a host name or IP address, got {_quoted(raw)}")
+
+
+def dns_label(raw: str) -> str:
+    if len(raw) <= 63 and _DNS_LABEL.fullmatch(raw):
+        return raw
+    raise Rejected(
+        "must be an RFC 1123 label: 1 to 63 lower-case letters, digits or '-', starting and "
+        f"ending with a letter or digit, got {_quoted(raw)}"
+    )
+
+
+def dns_subdomain(raw: str) -> str:
+    if len(raw) <= 253 and _DNS_SUBDOMAIN.fullmatch(raw):
+        return raw
+    raise Rejected(
+        "must be a Kubernetes object name (RFC 1123 subdomain): at most 253 lower-case letters, "
+        f"digits, '-' or '.', starting and ending with a letter or digit, got {_quoted(raw)}"
+    )
+
+
+def optional_path(raw: str) -> str | None:
+    text = raw.strip()
+    if text.isprintable():
+        return text or None
+    raise Rejected(f"must be a file path or empty, got {_quoted(raw)}")
+
+
+def prefixes(raw: str) -> tuple[str, ...]:
+    prefixes = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for prefix in prefixes:
+        if not prefix.isprintable() or " " in prefix:
+            raise Rejected(f"must be comma-separated image prefixes, got {_quoted(prefix)}")
+        if not prefix.endswith(
+            "/"
+        ):  # else 'registry.example.com' allows 'registry.example.com.evil.io/x'
+            raise Rejected(f"each prefix must end with '/', got {_quoted(prefix)}")
+    return prefixes
+
+
+def quantity(raw: str) -> str:
+    text = raw.strip()
+    if not text or _QUANTITY.fullmatch(text):
+        return text
+    raise Rejected(
+        f"must be a Kubernetes quantity such as 100m, 0.5, 64Mi or 1Gi (or empty for none), "
+        f"got {_quoted(raw)}"
+    )
+
+
+def amount(quantity: str) -> Decimal:
+    """The numeric value of a Kubernetes quantity (``100m`` is 0.1, ``1Ki`` is 1024); raises
+    ValueError for anything :func:`quantity` would not accept."""
+    match = _QUANTITY.fullmatch(quantity.strip())
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    return Decimal(match[1]) * _QUANTITY_FACTOR[match[2] or ""]
