@@ -172,8 +172,22 @@ class Settings:
         parsers.integer(
             0, 900
         ),  # countdown tasks must stay well inside RabbitMQ's consumer_timeout
-        "How long an image pull, scheduling, container config or pod creation error may last "
-        "before the task is answered with an error.",
+        "How long an image pull, container config or pod creation error, or a pod that no node "
+        "can ever take, may last before the task is answered with an error.",
+    )
+    queue_timeout_seconds: int = _setting(
+        "QUEUE_TIMEOUT_SECONDS",
+        86400,
+        parsers.integer(0, 2592000),
+        "How long a task may wait for room in the cluster (a full node, a used-up quota) before "
+        "it is answered with an error (0: no limit).",
+    )
+    max_active_jobs: int = _setting(
+        "MAX_ACTIVE_JOBS",
+        100,
+        parsers.integer(0, 1000000),
+        "Most Jobs of this installation that exist at once, running or waiting for room; beyond "
+        "it new tasks stay in the task queue (0: no limit).",
     )
     job_max_run_seconds: int = _setting(
         "JOB_MAX_RUN_SECONDS",

@@ -369,10 +369,17 @@ def waiting(reason: str, message: str | None = None) -> Any:
 
 SCHEDULED = condition("PodScheduled")
 UNSCHEDULABLE_MESSAGE = (
-    "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: "
-    "1 No preemption victims found for incoming pod."
+    "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: "
+    "0/1 nodes are available: 1 Preemption is not helpful for scheduling."
 )
+"""No node could ever take the pod: its request exceeds every node's allocatable."""
 UNSCHEDULABLE = condition("PodScheduled", "False", "Unschedulable", UNSCHEDULABLE_MESSAGE)
+FULL_MESSAGE = (
+    "0/1 nodes are available: 1 Insufficient memory. no new claims to deallocate, preemption: "
+    "0/1 nodes are available: 1 No preemption victims found for incoming pod."
+)
+"""The pod only waits for room: the node is full for now."""
+FULL = condition("PodScheduled", "False", "Unschedulable", FULL_MESSAGE)
 PULL_MESSAGE = (
     'failed to pull and unpack image "localhost/testbox:1.0": failed to resolve reference '
     '"localhost/testbox:1.0": not found'
@@ -435,6 +442,7 @@ def make_pod(
         "spec": {
             "restartPolicy": "Never",
             "containers": [{"name": CONTAINER_NAME, "image": image}],
+            **({"nodeName": "node-1"} if scheduled is SCHEDULED else {}),
         },
         "status": status,
     }

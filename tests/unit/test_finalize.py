@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher.config import Settings
 from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
@@ -17,9 +18,12 @@ from tests.unit.fakes import (
     COMPLETE,
     DEADLINE,
     FAILED,
+    FULL,
+    FULL_MESSAGE,
     PULL_MESSAGE,
     RUNNING,
     SETTINGS,
+    T0,
     TASK,
     UNSCHEDULABLE,
     UNSCHEDULABLE_MESSAGE,
@@ -139,7 +143,7 @@ def test_ended_job_is_answered_with_its_logs_and_exit_code_then_deleted(
         ),
         pytest.param(
             {"scheduled": UNSCHEDULABLE},
-            f"the pod could not be scheduled: {UNSCHEDULABLE_MESSAGE}",
+            f"the pod cannot be scheduled: {UNSCHEDULABLE_MESSAGE}",
             id="unschedulable",
         ),
     ],
@@ -451,3 +455,111 @@ def test_a_job_of_another_installation_is_never_answered() -> None:
     assert run(kube, publisher, job).state is Finalized.GONE
     assert publisher.responses == []
     assert "t-1" in kube.jobs
+
+
+# --- waiting for room ---------------------------------------------------------------------------
+
+QUOTA_USED_UP = (
+    'Error creating: pods "t-1-abcde" is forbidden: exceeded quota: tasks, '
+    "requested: pods=1, used: pods=2, limited: pods=2"
+)
+QUOTA_TOO_SMALL = (
+    'Error creating: pods "t-1-abcde" is forbidden: exceeded quota: compute, '
+    "requested: requests.cpu=64, used: requests.cpu=0, limited: requests.cpu=2"
+)
+
+
+def run_with(kube: FakeKube, publisher: FakePublisher, job: KubeObject, **env: str) -> Result:
+    settings = Settings.from_env({"JOB_NAMESPACE": SETTINGS.job_namespace, **env})
+    context = Context(kube, publisher, settings, HOLDER)
+    return finalize(job["metadata"]["name"], job["metadata"]["uid"], context, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        pytest.param("full", id="pod-waits-for-a-full-node"),
+        pytest.param("quota", id="quota-used-up"),
+        pytest.param("nothing-yet", id="no-pod-and-no-event-yet"),
+    ],
+)
+def test_a_task_waiting_for_room_is_not_answered_within_its_queue_timeout(trouble: str) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)  # 600 s old at NOW
+    if trouble == "full":
+        kube.add_pod(make_pod(job, scheduled=FULL))
+    elif trouble == "quota":
+        kube.events.append(failed_create(job, QUOTA_USED_UP))
+
+    result = run_with(kube, publisher, job, QUEUE_TIMEOUT_SECONDS="601")
+
+    assert result.state is Finalized.RUNNING
+    assert publisher.responses == []
+    assert "t-1" in kube.jobs
+
+
+@pytest.mark.parametrize(
+    ("trouble", "why"),
+    [
+        pytest.param("full", FULL_MESSAGE, id="pod-waited-for-a-full-node"),
+        pytest.param("quota", QUOTA_USED_UP, id="quota-stayed-used-up"),
+    ],
+)
+def test_a_task_that_waited_its_whole_queue_timeout_is_answered_and_removed(
+    trouble: str, why: str
+) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    if trouble == "full":
+        kube.add_pod(make_pod(job, scheduled=FULL))
+    else:
+        kube.events.append(failed_create(job, QUOTA_USED_UP))
+
+    result = run_with(kube, publisher, job, QUEUE_TIMEOUT_SECONDS="600")
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.responses == [
+        Response(
+            id="t-1",
+            error=f"the task waited 600 s for room in the cluster and never started: {why}",
+        )
+    ]
+    assert "t-1" not in kube.jobs
+
+
+def test_a_started_task_is_never_answered_for_its_queue_timeout() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.add_pod(make_pod(job, phase="Running", state={"running": {"startedAt": T0}}))
+
+    assert run_with(kube, publisher, job, QUEUE_TIMEOUT_SECONDS="60").state is Finalized.RUNNING
+    assert publisher.responses == []
+
+
+def test_a_quota_that_can_never_admit_the_pod_is_answered_with_its_reason() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.events.append(failed_create(job, QUOTA_TOO_SMALL))
+
+    assert run(kube, publisher, job).state is Finalized.ANSWERED
+    assert publisher.responses == [
+        Response(id="t-1", error=f"the pod could not be created: {QUOTA_TOO_SMALL}")
+    ]
+
+
+def test_a_cluster_autoscaler_adding_a_node_turns_cannot_be_scheduled_into_a_wait() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    pod = make_pod(job, scheduled=UNSCHEDULABLE)
+    kube.add_pod(pod)
+    kube.events.append(
+        {
+            "metadata": {"name": "t-1-x7k2p.2", "namespace": SETTINGS.job_namespace},
+            "involvedObject": {"kind": "Pod", "name": POD, "uid": pod["metadata"]["uid"]},
+            "reason": "TriggeredScaleUp",
+            "message": "pod triggered scale-up: [{pool-large 1->2 (max: 5)}]",
+        }
+    )
+
+    assert run(kube, publisher, job).state is Finalized.RUNNING
+    assert publisher.responses == []

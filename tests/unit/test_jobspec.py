@@ -19,6 +19,7 @@ SETTINGS = Settings.from_env(
         "INTERNAL_SERVICE_ACCOUNT_NAME": "job-runner",
         "PVC_NAME": "shared-claim",
         "JOB_MAX_RUN_SECONDS": "600",
+        "QUEUE_TIMEOUT_SECONDS": "1200",
         "JOB_TTL_SECONDS": "3600",
         "JOB_IMAGE_PULL_POLICY": "Never",
         "JOB_CPU_LIMIT": "1",
@@ -66,7 +67,7 @@ def test_full_task_becomes_this_job() -> None:
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": 3600,
-            "activeDeadlineSeconds": 900,
+            "activeDeadlineSeconds": 2100,  # queue timeout + run time + margin
             "podFailurePolicy": {
                 "rules": [
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -196,3 +197,11 @@ def test_equal_tasks_get_equal_hash_annotations() -> None:
 
     assert task_hash(reordered) == task_hash(TASK_BODY)
     assert task_hash({**TASK_BODY, "args": ["other"]}) != task_hash(TASK_BODY)
+
+
+def test_unbounded_queueing_sets_no_job_deadline_but_keeps_the_pods() -> None:
+    env = {"QUEUE_TIMEOUT_SECONDS": "0", "JOB_MAX_RUN_SECONDS": "600"}
+    job = job_for(TASK_BODY, settings=Settings.from_env(env))
+
+    assert "activeDeadlineSeconds" not in job["spec"]  # waiting for room is never a failure
+    assert job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 600

@@ -265,9 +265,7 @@ PULL_MESSAGE = (
         ),
         pytest.param(
             make_pod(scheduled=UNSCHEDULABLE),
-            Stuck(
-                Outcome.UNSCHEDULABLE, f"the pod could not be scheduled: {UNSCHEDULABLE_MESSAGE}"
-            ),
+            Stuck(Outcome.UNSCHEDULABLE, f"the pod cannot be scheduled: {UNSCHEDULABLE_MESSAGE}"),
             id="unschedulable",
         ),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -13,8 +14,10 @@ from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (
     COMPLETE,
     FAILED,
+    FULL,
     PULL_MESSAGE,
     RUNNING,
+    T0,
     TASK,
     UNSCHEDULABLE,
     FakeKube,
@@ -121,7 +124,7 @@ def test_deleted_job_is_forgotten() -> None:
     react.on_job("LISTED", {**job, "metadata": {**job["metadata"], "annotations": {}}})
 
     assert [r.why for r in requests] == ["job ended", "job ended"]  # seen again: treated as new
-    assert react.in_flight == set()
+    assert react.active_jobs() == 0
 
 
 @pytest.mark.parametrize(
@@ -163,24 +166,23 @@ def test_a_job_whose_finalize_could_not_be_queued_is_asked_for_again() -> None:
     assert [r.why for r in requests] == ["job ended"]
 
 
-def test_in_flight_holds_the_jobs_seen_running_until_they_end() -> None:
+def test_active_jobs_counts_the_jobs_seen_running_until_they_end() -> None:
     react, _ = reactor()
     kube = FakeKube()
-    first, second, third = (
-        create_job_for(kube, dataclasses.replace(TASK, id=name)) for name in ("t-1", "t-2", "t-3")
-    )
+    for name in ("t-1", "t-2", "t-3"):
+        create_job_for(kube, dataclasses.replace(TASK, id=name))
     running = [kube.update_status(name, RUNNING) for name in ("t-1", "t-2", "t-3")]
 
     for job in running:
         react.on_job("ADDED", job)
-    assert react.in_flight == {uid(first), uid(second), uid(third)}
+    assert react.active_jobs() == 3
 
     react.on_job("MODIFIED", kube.update_status("t-1", COMPLETE))
     react.on_job("DELETED", running[1])
     answered = {RESPONDED_ANNOTATION: "2025-01-10T10:09:00Z"}
     react.on_job("MODIFIED", kube.patch_job("t-3", {"metadata": {"annotations": answered}}))
 
-    assert react.in_flight == set()
+    assert react.active_jobs() == 0
 
 
 # --- Pods ---------------------------------------------------------------------------------------
@@ -303,3 +305,85 @@ def test_other_events_are_ignored(change: dict[str, Any]) -> None:
     react.on_event("ADDED", event)
 
     assert requests == []
+
+
+# --- waiting for room, queue timeout, active Jobs ---------------------------------------
+
+
+def queueing_reactor(timeout: float) -> tuple[Reactor, list[FinalizeRequest], list[str]]:
+    requests: list[FinalizeRequest] = []
+    seen: list[str] = []
+    react = Reactor(
+        requests.append,
+        stuck_grace_seconds=GRACE,
+        queue_timeout_seconds=timeout,
+        on_job_seen=seen.append,
+    )
+    return react, requests, seen
+
+
+def test_a_pod_waiting_for_room_is_not_stuck_and_counts_as_waiting() -> None:
+    react, requests, _ = queueing_reactor(3600)
+    (job,) = job_states(RUNNING)
+    react.on_job("ADDED", job)
+
+    react.on_pod("ADDED", make_pod(job, scheduled=FULL))
+
+    assert requests == []
+    assert (react.active_jobs(), react.waiting_jobs()) == (1, 1)
+    react.on_pod("MODIFIED", make_pod(job))  # scheduled: it has a node now
+    assert (react.active_jobs(), react.waiting_jobs()) == (1, 0)
+
+
+def test_sweep_asks_once_for_jobs_that_waited_their_queue_timeout_without_a_node() -> None:
+    react, requests, _ = queueing_reactor(300)
+    kube = FakeKube()
+    waiting_job = create_job_for(kube)  # created at T0 = 2025-01-10T10:00:00Z
+    running_job = create_job_for(kube, dataclasses.replace(TASK, id="t-2"))
+    react.on_job("ADDED", waiting_job)
+    react.on_job("ADDED", running_job)
+    react.on_pod("ADDED", make_pod(waiting_job, scheduled=FULL))
+    react.on_pod("ADDED", make_pod(running_job, "b8c1d"))
+    created = datetime.fromisoformat(T0).timestamp()
+
+    react.sweep(created + 299)
+    assert requests == []
+    react.sweep(created + 300)
+    react.sweep(created + 400)
+
+    assert requests == [FinalizeRequest("t-1", uid(waiting_job), 0.0, "queue timeout")]
+
+
+def test_sweep_does_nothing_without_a_queue_timeout() -> None:
+    react, requests, _ = queueing_reactor(0)
+    (job,) = job_states(RUNNING)
+    react.on_job("ADDED", job)
+
+    react.sweep(datetime.fromisoformat(T0).timestamp() + 10**9)
+
+    assert requests == []
+
+
+def test_a_relist_forgets_active_jobs_whose_deletion_was_missed() -> None:
+    react, _, _ = queueing_reactor(3600)
+    kube = FakeKube()
+    create_job_for(kube)
+    create_job_for(kube, dataclasses.replace(TASK, id="t-2"))
+    first, second = (kube.update_status(name, RUNNING) for name in ("t-1", "t-2"))
+    react.on_job("ADDED", first)
+    react.on_job("ADDED", second)
+
+    react.on_job("LISTED", second)  # t-1 was deleted while the watch was away
+    react.jobs_listed([second])
+
+    assert react.active_jobs() == 1
+
+
+def test_every_job_event_tells_admission_the_job_exists() -> None:
+    react, _, seen = queueing_reactor(3600)
+    running, ended = job_states(RUNNING, COMPLETE)
+
+    react.on_job("ADDED", running)
+    react.on_job("MODIFIED", ended)
+
+    assert seen == ["t-1", "t-1"]

@@ -5,6 +5,9 @@ for each message either publishes an error response (invalid input) or sends the
 `dispatcher.submit` Celery task — both confirmed by the broker — and only then acks the raw
 message (`TASK_ACK_MODE=confirmed`). With `TASK_ACK_MODE=immediate` it acks first, as the
 original service did. Message bodies are never decoded by kombu: we parse bytes ourselves.
+
+Back-pressure: when `MAX_ACTIVE_JOBS` is reached, a valid task is put back on its queue and the
+consumer cancels its subscription until Jobs end; invalid messages are still answered at once.
 """
 
 from __future__ import annotations
@@ -21,27 +24,37 @@ from dispatcher.core.intake import Accepted, Rejected, take
 
 log = logging.getLogger(__name__)
 
+RESUME_CHECK_SECONDS = 0.5
+QUEUE_DEPTH_SECONDS = 5.0
+
 
 class TaskConsumerStep(bootsteps.ConsumerStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.app = parent.app
         self.runtime = parent.app.dispatcher
-        self._tick: Any = None
+        self._timers: list[Any] = []
+        self._consumer: Consumer | None = None
+        self._paused = False
 
     def start(self, parent: Any) -> None:
         super().start(parent)
         self.runtime.broker_ready.set()
-        # Wake the event loop every second so a SIGTERM is acted on at once (it otherwise sleeps
-        # until its next timer, up to ten seconds).
+        self.runtime.metrics.max_active_jobs.set(self.runtime.settings.max_active_jobs)
+        # Timers run on the consumer's own thread, the only one that may use its channel. The
+        # first wakes the event loop every second so a SIGTERM is acted on at once (it otherwise
+        # sleeps until its next timer, up to ten seconds) and resumes a paused intake.
         if parent.timer is not None:
-            self._tick = parent.timer.call_repeatedly(1.0, _noop)
+            self._timers = [
+                parent.timer.call_repeatedly(RESUME_CHECK_SECONDS, self._resume_if_room),
+                parent.timer.call_repeatedly(QUEUE_DEPTH_SECONDS, self._measure_queue),
+            ]
 
     def stop(self, parent: Any) -> None:
         self.runtime.broker_ready.clear()
-        if self._tick is not None:
-            self._tick.cancel()
-            self._tick = None
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
         super().stop(parent)
 
     def shutdown(self, parent: Any) -> None:
@@ -53,21 +66,30 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         queue = task_queue(settings)
         for declared in (queue, response_queue(settings)):
             declared(channel).declare()
-        consumer = Consumer(
+        self._consumer = Consumer(
             channel,
             queues=[queue],
             on_message=self.on_message,
             prefetch_count=settings.task_prefetch,
             no_ack=False,
         )
-        return [consumer]
+        self._set_paused(False)  # a new connection consumes until the limit says otherwise
+        return [self._consumer]
 
     def on_message(self, message: Message) -> None:
         immediate = self.runtime.settings.task_ack_mode == "immediate"
+        self.runtime.metrics.tasks_received.inc()
+        outcome = take(message.body, message.properties, self.runtime.settings)
+        if isinstance(outcome, Accepted) and self.runtime.admission.room() <= 0:
+            try:
+                self._hold(message)
+            except Exception:  # the channel broke: the broker redelivers the unacked message
+                log.exception("could not put a task message back; it will be delivered again")
+            return
         if immediate:
             message.ack()
         try:
-            self.handle(message)
+            self.handle(outcome)
         except Exception:
             log.exception("could not hand over a task message; it will be delivered again")
             if not immediate:
@@ -76,9 +98,7 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         if not immediate:
             message.ack()
 
-    def handle(self, message: Message) -> None:
-        self.runtime.metrics.tasks_received.inc()
-        outcome = take(message.body, message.properties, self.runtime.settings)
+    def handle(self, outcome: Accepted | Rejected) -> None:
         if isinstance(outcome, Rejected):
             self.runtime.metrics.tasks_invalid.inc()
             log.info("rejected a task message: %s", outcome.response.error)
@@ -89,11 +109,52 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
     def _hand_over(self, accepted: Accepted) -> None:
         task, route = accepted.task, accepted.route
         route_json = {"correlation_id": route.correlation_id, "reply_to": route.reply_to}
+        self.runtime.admission.handed_over(task.id)
         self.app.tasks[SUBMIT_TASK].apply_async(
             args=[task.to_json(), route_json], task_id=f"submit.{task.id}.{task.digest()[:12]}"
         )
         log.info("task %s handed to %s", task.id, SUBMIT_TASK)
 
+    # -- back-pressure ----------------------------------------------------------------------------
 
-def _noop() -> None:
-    """Timer callback whose only effect is waking the event loop."""
+    def _hold(self, message: Message) -> None:
+        """MAX_ACTIVE_JOBS is reached: the task goes back to the head of its queue, and this
+        consumer stops taking more until Jobs end. The queue, not this process, holds the
+        backlog (durable, and visible to operators as the queue's depth)."""
+        message.requeue()
+        if not self._paused and self._timers:
+            log.info(
+                "%d active Jobs reached MAX_ACTIVE_JOBS; tasks wait in queue %s",
+                self.runtime.settings.max_active_jobs,
+                self.runtime.settings.task_queue_name,
+            )
+            self._set_paused(True)
+
+    def _resume_if_room(self) -> None:
+        if self._paused and self._consumer is not None and self.runtime.admission.room() > 0:
+            log.info("room for more Jobs: taking tasks again")
+            self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        changed = paused != self._paused
+        # Set first: cancelling waits for the broker's cancel-ok, and messages already on their
+        # way are delivered meanwhile (to `_hold`, which must then see the consumer paused).
+        self._paused = paused
+        self.runtime.metrics.intake_paused.set(1 if paused else 0)
+        if self._consumer is not None and changed:
+            if paused:
+                self._consumer.cancel()
+            else:
+                self._consumer.consume()
+
+    def _measure_queue(self) -> None:
+        if self._consumer is None:
+            return
+        try:
+            _, ready, _ = self._consumer.channel.queue_declare(
+                self.runtime.settings.task_queue_name, passive=True
+            )
+        except Exception as exc:  # noqa: BLE001 - a metric must never break the consumer
+            log.debug("could not read the task queue's depth: %s", exc)
+            return
+        self.runtime.metrics.task_queue_messages.set(ready)

@@ -1,10 +1,11 @@
 """Finalize: read the deciding pod's result, publish the one response, release the Job.
 
-Steps, each safe to repeat: (1) decide — the Job ended, or its pod is still stuck after the
-grace period; (2) claim the Job with a conditional annotation patch so that only one worker
-answers even when several replicas saw the same event; (3) read the logs and publish the
-response with a broker confirm; (4) mark the Job responded and delete it. A crash between (3)
-and (4) can repeat the response after a restart (at-least-once; `message_id` is stable).
+Steps, each safe to repeat: (1) decide — the Job ended, its pod is still stuck after the grace
+period, or it waited longer than its queue timeout for room (a pod that only waits for room is
+never answered before that); (2) claim the Job with a conditional annotation patch so that only
+one worker answers even when several replicas saw the same event; (3) read the logs and publish
+the response with a broker confirm; (4) mark the Job responded and delete it. A crash between
+(3) and (4) can repeat the response after a restart (at-least-once; `message_id` is stable).
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ from dispatcher.kube.conventions import (
     pods_of_job,
 )
 from dispatcher.kube.outcome import (
+    Outcome,
+    Stuck,
     Verdict,
     job_finished,
     judge_finished,
     judge_not_created,
+    judge_queue_timeout,
     judge_stuck,
+    not_created_message,
+    pod_started,
     pod_stuck,
+    unschedulable_message,
 )
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
@@ -83,7 +90,7 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
         if RESPONDED_ANNOTATION in annotations:
             ctx.kube.delete_job(job_name)
             return Result(Finalized.ALREADY_ANSWERED)
-        verdict = _decide(job, ctx)
+        verdict = _decide(job, ctx, now)
         if verdict is None:
             return Result(Finalized.RUNNING)
         claim = _claim(job, ctx, now)
@@ -112,20 +119,52 @@ def _answer_and_release(
     return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
 
 
-def _decide(job: dict[str, Any], ctx: Context) -> Verdict | None:
+def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
+    """The verdict on the Job now, or None while it runs or waits for room (within its
+    queue timeout)."""
     uid = job["metadata"]["uid"]
     pods = ctx.kube.list_pods(pods_of_job(uid))
     if job_finished(job):
         return judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
     for pod in pods:
         stuck = pod_stuck(pod)
-        if stuck is not None:
+        if stuck is not None and not _scaling_up(pod, stuck, ctx):
             return judge_stuck(pod, stuck)
-    if pods:
+    if any(pod_started(pod) for pod in pods):
         return None
-    failed_create = f"involvedObject.uid={uid},reason=FailedCreate"
-    events, _ = ctx.kube.list_objects("events", "", failed_create)
-    return judge_not_created(events)
+    events: list[dict[str, Any]] = []
+    if not pods:
+        failed_create = f"involvedObject.uid={uid},reason=FailedCreate"
+        events, _ = ctx.kube.list_objects("events", "", failed_create)
+        verdict = judge_not_created(events)
+        if verdict is not None:
+            return verdict
+    return _queue_timeout(job, pods, events, ctx, now)
+
+
+def _scaling_up(pod: dict[str, Any], stuck: Stuck, ctx: Context) -> bool:
+    """A cluster autoscaler adding a node for this pod turns "cannot be scheduled" into a wait."""
+    if stuck.outcome is not Outcome.UNSCHEDULABLE:
+        return False
+    selector = f"involvedObject.uid={pod['metadata'].get('uid', '')},reason=TriggeredScaleUp"
+    events, _ = ctx.kube.list_objects("events", "", selector)
+    return bool(events)
+
+
+def _queue_timeout(
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    ctx: Context,
+    now: datetime,
+) -> Verdict | None:
+    """Answer a Job whose pod never got a node within QUEUE_TIMEOUT_SECONDS, else None."""
+    limit = ctx.settings.queue_timeout_seconds
+    age = _age(job, now)
+    if limit <= 0 or age is None or age < limit:
+        return None
+    why = next(filter(None, map(unschedulable_message, pods)), None) or not_created_message(events)
+    return judge_queue_timeout(limit, why)
 
 
 def _ours(job: dict[str, Any], ctx: Context) -> bool:

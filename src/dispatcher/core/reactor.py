@@ -1,18 +1,24 @@
-"""Turns watch events into finalize requests, once per Job.
+"""Turns watch events into finalize requests, once per Job, and counts the Jobs that are active.
 
 The watchers call `on_job`, `on_pod` and `on_event` for every event; the reactor decides when a
-Job needs finalizing — it ended, its pod is stuck (image pull, scheduling, container config), or
-its pod cannot even be created (FailedCreate), the last two after the grace period — and asks for
-it exactly once per Job uid (per stuck pod) in this process. Finalize itself is idempotent and
-guarded by a claim on the Job, so other replicas or a restarted process asking again is harmless.
+Job needs finalizing — it ended, its pod is stuck (image pull, container config, or a pod that can
+never be scheduled), or its pod cannot even be created (FailedCreate), the last two after the
+grace period — and asks for it exactly once per Job uid (per stuck pod) in this process. A pod
+that only waits for room is not stuck: `sweep` asks for a finalize when a Job has waited
+`queue_timeout_seconds` without its pod getting a node. Finalize itself is idempotent and guarded
+by a claim on the Job, so other replicas or a restarted process asking again is harmless.
+
+The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
+with what the API server holds, so a missed deletion cannot keep a Job counted forever.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.kube.conventions import (
@@ -20,7 +26,7 @@ from dispatcher.kube.conventions import (
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
 )
-from dispatcher.kube.outcome import job_finished, pod_stuck
+from dispatcher.kube.outcome import job_finished, pod_started, pod_stuck
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +43,96 @@ class FinalizeRequest:
 Schedule = Callable[[FinalizeRequest], None]
 
 
-class Reactor:
-    """Event handlers for the Job and Pod watchers. Thread-safe."""
+@dataclass(frozen=True)
+class _Active:
+    name: str
+    created: float  # POSIX seconds, from the Job's creationTimestamp
 
-    def __init__(self, schedule: Schedule, *, stuck_grace_seconds: float) -> None:
+
+class Reactor:
+    """Event handlers for the Job, Pod and Event watchers. Thread-safe."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        stuck_grace_seconds: float,
+        queue_timeout_seconds: float = 0,
+        on_job_seen: Callable[[str], None] | None = None,
+    ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
+        self._queue_timeout = queue_timeout_seconds
+        self._on_job_seen = on_job_seen or (lambda name: None)
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
         self._stuck: set[str] = set()  # Pod uids whose grace period is running
         self._not_created: set[str] = set()  # Job uids whose pod creation failed
-        self.in_flight: set[str] = set()  # Job uids seen and not yet ended
+        self._timed_out: set[str] = set()  # Job uids handed to finalize for their queue timeout
+        self._active: dict[str, _Active] = {}  # Job uid -> Job seen and not yet ended
+        self._started: set[str] = set()  # Job uids with a pod that has a node
+
+    # -- what is active -------------------------------------------------------------------------
+
+    def active_jobs(self) -> int:
+        """Jobs of this installation that exist and have not ended (running or queued)."""
+        with self._lock:
+            return len(self._active)
+
+    def waiting_jobs(self) -> int:
+        """Active Jobs whose pod has no node yet: queued for room in the cluster."""
+        with self._lock:
+            return len(self._active.keys() - self._started)
+
+    def jobs_listed(self, jobs: Iterable[dict[str, Any]]) -> None:
+        """After a (re-)list: forget every active Job the API server no longer holds."""
+        present = {job.get("metadata", {}).get("uid", "") for job in jobs}
+        with self._lock:
+            for uid in self._active.keys() - present:
+                del self._active[uid]
+                self._started.discard(uid)
+
+    # -- Jobs -----------------------------------------------------------------------------------
 
     def on_job(self, event_type: str, job: dict[str, Any]) -> None:
+        try:
+            self._on_job(event_type, job)
+        finally:  # only once the Job counts as active (or ended) here: never counted by neither
+            self._on_job_seen(job.get("metadata", {}).get("name", ""))
+
+    def _on_job(self, event_type: str, job: dict[str, Any]) -> None:
         meta = job.get("metadata", {})
         uid, name = meta.get("uid", ""), meta.get("name", "")
         annotations = meta.get("annotations") or {}
         if event_type == "DELETED":
-            with self._lock:
-                self._finishing.discard(uid)
-                self._not_created.discard(uid)
-                self.in_flight.discard(uid)
+            self._forget(uid)
             if RESPONDED_ANNOTATION not in annotations:  # deleted by someone else, unanswered
                 why = "deleted before it was answered"
                 self._schedule(FinalizeRequest(name, uid, 0.0, why, dict(annotations)))
             return
         if RESPONDED_ANNOTATION in annotations:
-            with self._lock:
-                self.in_flight.discard(uid)
+            self._end(uid)
             if event_type == "LISTED":  # answered before a crash, never deleted: finish the job
                 why = "answered, not yet deleted"
                 self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
             return
         if not job_finished(job):
             with self._lock:
-                self.in_flight.add(uid)
+                self._active.setdefault(uid, _Active(name, _created(meta)))
             return
-        with self._lock:
-            self.in_flight.discard(uid)
+        self._end(uid)
         self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, "job ended"))
+
+    def _end(self, uid: str) -> None:
+        with self._lock:
+            self._active.pop(uid, None)
+            self._started.discard(uid)
+
+    def _forget(self, uid: str) -> None:
+        with self._lock:
+            for seen in (self._finishing, self._not_created, self._timed_out, self._started):
+                seen.discard(uid)
+            self._active.pop(uid, None)
 
     def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
         """Schedule `request` unless `key` was already scheduled; forget `key` again when
@@ -91,9 +148,30 @@ class Reactor:
                 seen.discard(key)
             raise
 
+    # -- queue timeout --------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Ask for a finalize of every Job that waited its queue timeout without a node."""
+        if self._queue_timeout <= 0:
+            return
+        with self._lock:
+            overdue = [
+                (uid, active)
+                for uid, active in self._active.items()
+                if uid not in self._started
+                and uid not in self._timed_out
+                and now - active.created >= self._queue_timeout
+            ]
+        for uid, active in overdue:
+            request = FinalizeRequest(active.name, uid, 0.0, "queue timeout")
+            self._once(self._timed_out, uid, request)
+
+    # -- Events and Pods ------------------------------------------------------------------------
+
     def on_event(self, event_type: str, event: dict[str, Any]) -> None:
         """Events the Job controller records when it cannot create a Job's pod (the watch selects
-        FailedCreate on Jobs; finalize checks the Job is ours before answering)."""
+        FailedCreate on Jobs; finalize checks the Job is ours, and whether a quota is only used
+        up for now, before answering)."""
         involved = event.get("involvedObject") or {}
         uid, name = involved.get("uid"), involved.get("name")
         if event_type == "DELETED" or event.get("reason") != "FailedCreate" or not uid or not name:
@@ -109,11 +187,24 @@ class Reactor:
             with self._lock:
                 self._stuck.discard(pod_uid)
             return
-        stuck = pod_stuck(pod)
         labels = meta.get("labels") or {}
         job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
-        if stuck is None or not job_name or not job_uid:
+        if not job_name or not job_uid:
+            return
+        if pod_started(pod):
+            with self._lock:
+                self._started.add(job_uid)
+        stuck = pod_stuck(pod)
+        if stuck is None:
             return
         log.debug("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
         request = FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name)
         self._once(self._stuck, pod_uid, request)
+
+
+def _created(meta: dict[str, Any]) -> float:
+    """The Job's creation time in POSIX seconds (now, when the API server did not say)."""
+    try:
+        return datetime.fromisoformat(str(meta["creationTimestamp"])).timestamp()
+    except (KeyError, ValueError):
+        return datetime.now(UTC).timestamp()

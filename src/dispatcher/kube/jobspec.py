@@ -26,7 +26,8 @@ from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 JOB_DEADLINE_MARGIN_SECONDS: Final = 300
-"""The Job-level deadline exceeds the pod's by this much; it is only a backstop."""
+"""The Job-level deadline exceeds the queue timeout plus the pod's deadline by this much; it is
+only a backstop. The pod's own deadline counts from its start, the Job's from its creation."""
 TERMINATION_GRACE_SECONDS: Final = 10
 
 
@@ -45,7 +46,7 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
-            "activeDeadlineSeconds": settings.job_max_run_seconds + JOB_DEADLINE_MARGIN_SECONDS,
+            **_job_deadline(settings),
             "podFailurePolicy": {"rules": _pod_failure_rules()},
             "template": {
                 "metadata": {"labels": dict(labels)},
@@ -53,6 +54,15 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
             },
         },
     }
+
+
+def _job_deadline(settings: Settings) -> dict[str, int]:
+    """A backstop past the queue timeout and the run time; none when queueing is unbounded
+    (a Job that waits for room must not fail for the time it waited)."""
+    if settings.queue_timeout_seconds <= 0:
+        return {}
+    total = settings.queue_timeout_seconds + settings.job_max_run_seconds
+    return {"activeDeadlineSeconds": total + JOB_DEADLINE_MARGIN_SECONDS}
 
 
 def _annotations(task: Task, route: ReplyRoute) -> dict[str, str]:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
 
+from dispatcher.kube.capacity import quota_waiting, waiting_for_room
 from dispatcher.kube.conventions import CONTAINER_NAME
 
 _IMAGE_PULL_REASONS: Final = frozenset(
@@ -42,6 +43,7 @@ class Outcome(Enum):
     UNSCHEDULABLE = "unschedulable"
     CONTAINER_CONFIG_ERROR = "container_config_error"
     POD_NOT_CREATED = "pod_not_created"
+    QUEUE_TIMEOUT = "queue_timeout"
     LOST = "lost"
 
 
@@ -84,11 +86,23 @@ def pod_stuck(pod: Mapping[str, Any]) -> Stuck | None:
         stuck = _container_stuck(pod, container)
         if stuck is not None:
             return stuck
-    scheduled = _condition(pod, "PodScheduled", status="False")
-    if scheduled is not None and scheduled.get("reason") == "Unschedulable":
-        message = _one_line(scheduled.get("message") or "Unschedulable")
-        return Stuck(Outcome.UNSCHEDULABLE, f"the pod could not be scheduled: {message}")
+    message = unschedulable_message(pod)
+    if message is not None and not waiting_for_room(message):
+        return Stuck(Outcome.UNSCHEDULABLE, f"the pod cannot be scheduled: {message}")
     return None
+
+
+def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's message (one line) while it cannot place the pod, else None."""
+    scheduled = _condition(pod, "PodScheduled", status="False")
+    if scheduled is None or scheduled.get("reason") != "Unschedulable":
+        return None
+    return _one_line(scheduled.get("message") or "Unschedulable")
+
+
+def pod_started(pod: Mapping[str, Any]) -> bool:
+    """True once the pod has a node: it no longer waits for room."""
+    return bool((pod.get("spec") or {}).get("nodeName"))
 
 
 def deciding_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -121,15 +135,30 @@ def judge_finished(
     return Verdict(outcome, _name(pod), exit_code, None)
 
 
-def judge_not_created(events: Sequence[Mapping[str, Any]]) -> Verdict | None:
-    """The verdict on a Job whose pod the Job controller could not create, from its
-    FailedCreate events (a missing service account, a quota or admission rejection)."""
+def not_created_message(events: Sequence[Mapping[str, Any]]) -> str | None:
+    """The newest FailedCreate message among a Job's events (one line), or None."""
     failed = [e for e in events if e.get("reason") == "FailedCreate"]
     if not failed:
         return None
     newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    message = _one_line(str(newest.get("message") or "FailedCreate"))
+    return _one_line(str(newest.get("message") or "FailedCreate"))
+
+
+def judge_not_created(events: Sequence[Mapping[str, Any]]) -> Verdict | None:
+    """The verdict on a Job whose pod the Job controller could not create, from its
+    FailedCreate events (a missing service account, an admission rejection, a request above a
+    quota's hard limit); None while there is none, or while a quota is only used up for now."""
+    message = not_created_message(events)
+    if message is None or quota_waiting(message):
+        return None
     return Verdict(Outcome.POD_NOT_CREATED, None, None, f"the pod could not be created: {message}")
+
+
+def judge_queue_timeout(waited_seconds: int, why: str | None) -> Verdict:
+    """The verdict on a task that waited its whole QUEUE_TIMEOUT_SECONDS for room."""
+    detail = f": {why}" if why else ""
+    error = f"the task waited {waited_seconds} s for room in the cluster and never started{detail}"
+    return Verdict(Outcome.QUEUE_TIMEOUT, None, None, error)
 
 
 def judge_stuck(pod: Mapping[str, Any], stuck: Stuck) -> Verdict:

@@ -45,6 +45,7 @@ class Watcher:
         *,
         timeout_seconds: int = 240,
         on_restart: Callable[[str], None] | None = None,
+        on_listed: Callable[[list[dict[str, Any]]], None] | None = None,
         fields: str = "",
     ) -> None:
         self._kube = kube
@@ -54,6 +55,7 @@ class Watcher:
         self._handler = handler
         self._timeout = timeout_seconds
         self._on_restart = on_restart or (lambda reason: None)
+        self._on_listed = on_listed or (lambda items: None)
         self._stopping = threading.Event()
         self._failures = 0
         self._handler_failed = False
@@ -93,6 +95,7 @@ class Watcher:
         self._handler_failed = False
         for obj in items:
             self._handle("LISTED", obj)
+        self._on_listed(items)
         if not self._handler_failed:
             self._failures = 0  # all is well again: the next failure backs off from the start
         self.established.set()

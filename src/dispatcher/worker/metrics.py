@@ -32,7 +32,27 @@ class Metrics:
             "dispatcher_jobs_finished", "Responses published, by outcome.", ["outcome"], registry=r
         )
         self.jobs_in_flight = Gauge(
-            "dispatcher_jobs_in_flight", "Jobs of this dispatcher seen running.", registry=r
+            "dispatcher_jobs_in_flight",
+            "Jobs of this installation that exist and have not ended (running or waiting).",
+            registry=r,
+        )
+        self.jobs_waiting = Gauge(
+            "dispatcher_jobs_waiting_for_room",
+            "Jobs whose pod has no node yet: queued for room in the cluster.",
+            registry=r,
+        )
+        self.max_active_jobs = Gauge(
+            "dispatcher_max_active_jobs", "MAX_ACTIVE_JOBS (0: no limit).", registry=r
+        )
+        self.intake_paused = Gauge(
+            "dispatcher_intake_paused",
+            "1 while this worker does not take tasks because MAX_ACTIVE_JOBS is reached.",
+            registry=r,
+        )
+        self.task_queue_messages = Gauge(
+            "dispatcher_task_queue_messages",
+            "Task messages ready in the task queue (refreshed every few seconds).",
+            registry=r,
         )
         self.submit_seconds = Histogram(
             "dispatcher_submit_seconds",
@@ -59,5 +79,6 @@ class Metrics:
             registry=r,
         )
 
-    def track_in_flight(self, count: Callable[[], int]) -> None:
-        self.jobs_in_flight.set_function(lambda: float(count()))
+    def track_jobs(self, active: Callable[[], int], waiting: Callable[[], int]) -> None:
+        self.jobs_in_flight.set_function(lambda: float(active()))
+        self.jobs_waiting.set_function(lambda: float(waiting()))

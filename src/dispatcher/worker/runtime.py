@@ -14,7 +14,9 @@ from typing import Any
 
 from dispatcher.amqp.publisher import AmqpResponsePublisher
 from dispatcher.config import Settings
+from dispatcher.core.admission import Admission
 from dispatcher.core.finalize import Context
+from dispatcher.core.reactor import Reactor
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.watcher import Watcher
 from dispatcher.worker.metrics import Metrics
@@ -29,6 +31,15 @@ class Runtime:
         self.metrics = Metrics()
         self.broker_ready = threading.Event()  # set while the task consumer is consuming
         self.watchers: list[Watcher] = []
+        self.reactor: Reactor | None = None  # set by the watch bootstep
+        self.admission = Admission(settings.max_active_jobs, self.active_jobs)
+
+    def active_jobs(self) -> int | None:
+        """Active Jobs of the installation, or None until the Job watch has listed them."""
+        jobs = next((w for w in self.watchers if w.kind == "jobs"), None)
+        if self.reactor is None or jobs is None or not jobs.established.is_set():
+            return None
+        return self.reactor.active_jobs()
 
     def not_ready(self) -> list[str]:
         """What keeps this worker from being ready (empty when it is ready)."""

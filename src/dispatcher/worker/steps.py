@@ -3,13 +3,15 @@
 The watches — over the dispatcher's Jobs, over their Pods, and over the namespace's FailedCreate
 Events of Jobs — run in daemon threads for the life of the worker (independent of broker
 reconnects) and feed the `Reactor`, which queues `dispatcher.finalize` when a Job ends, its pod
-is stuck, or its pod cannot be created.
+is stuck, or its pod cannot be created; a sweep thread asks the reactor every few seconds for the
+Jobs that waited their queue timeout for room.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import bootsteps
@@ -33,8 +35,15 @@ SCHEDULE_RETRY_POLICY = {
 }
 
 
+SWEEP_SECONDS = 5.0
+
+
 class JobWatchStep(bootsteps.StartStopStep):
     requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._sweeping = threading.Event()
 
     def start(self, parent: Any) -> None:
         runtime = parent.app.dispatcher
@@ -58,16 +67,22 @@ class JobWatchStep(bootsteps.StartStopStep):
                 retry_policy=SCHEDULE_RETRY_POLICY,
             )
 
-        reactor = Reactor(schedule, stuck_grace_seconds=settings.image_pull_grace_seconds)
-        runtime.metrics.track_in_flight(lambda: len(reactor.in_flight))
+        reactor = Reactor(
+            schedule,
+            stuck_grace_seconds=settings.image_pull_grace_seconds,
+            queue_timeout_seconds=settings.queue_timeout_seconds,
+            on_job_seen=runtime.admission.settled,
+        )
+        runtime.reactor = reactor
+        runtime.metrics.track_jobs(reactor.active_jobs, reactor.waiting_jobs)
         selector = label_selector(settings.dispatcher_name)
         restarts = runtime.metrics.watch_restarts
         watches = (
-            ("jobs", selector, "", reactor.on_job),
-            ("pods", selector, "", reactor.on_pod),
-            ("events", "", FAILED_CREATE_EVENTS, reactor.on_event),
+            ("jobs", selector, "", reactor.on_job, reactor.jobs_listed),
+            ("pods", selector, "", reactor.on_pod, None),
+            ("events", "", FAILED_CREATE_EVENTS, reactor.on_event, None),
         )
-        for kind, labels, fields, handler in watches:
+        for kind, labels, fields, handler, on_listed in watches:
 
             def count_restart(reason: str, kind: str = kind) -> None:
                 restarts.labels(kind, reason).inc()
@@ -79,12 +94,26 @@ class JobWatchStep(bootsteps.StartStopStep):
                 handler,
                 timeout_seconds=settings.watch_timeout_seconds,
                 on_restart=count_restart,
+                on_listed=on_listed,
                 fields=fields,
             )
             runtime.watchers.append(watcher)
             threading.Thread(target=watcher.run, name=f"watch-{kind}", daemon=True).start()
+        self._sweeping.clear()
+        threading.Thread(
+            target=self._sweep, args=(reactor,), name="queue-sweep", daemon=True
+        ).start()
+
+    def _sweep(self, reactor: Reactor) -> None:
+        """Every few seconds: answer the Jobs that waited their queue timeout for room."""
+        while not self._sweeping.wait(SWEEP_SECONDS):
+            try:
+                reactor.sweep(time.time())
+            except Exception:
+                log.exception("queue timeout sweep failed; will try again")
 
     def stop(self, parent: Any) -> None:
+        self._sweeping.set()
         for watcher in parent.app.dispatcher.watchers:
             watcher.stop()
 

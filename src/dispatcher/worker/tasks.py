@@ -21,7 +21,7 @@ from kombu.exceptions import KombuError, OperationalError
 
 from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
 from dispatcher.core.finalize import Finalized, answer_deleted, finalize, message_id
-from dispatcher.core.submit import submit
+from dispatcher.core.submit import Submitted, submit
 from dispatcher.errors import (
     InvalidTaskError,
     KubeError,
@@ -90,10 +90,12 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
         return "rejected"
     started = time.perf_counter()
     try:
-        result = submit(parsed, reply, kube=runtime.kube, settings=settings).value
+        result = submit(parsed, reply, kube=runtime.kube, settings=settings)
         metrics.submit_seconds.observe(time.perf_counter() - started)
-        metrics.tasks_submitted.labels(result).inc()
-        return result
+        metrics.tasks_submitted.labels(result.value).inc()
+        if result is not Submitted.CREATED:  # no new Job will show up in the watch
+            runtime.admission.settled(parsed.id)
+        return result.value
     except TransientKubeError as exc:
         metrics.kube_errors.labels("transient").inc()
         if self.request.retries < MAX_ATTEMPTS:
@@ -116,6 +118,7 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     log.warning("task %s answered with an error: %s", parsed.id, error)
     message = message_id(parsed.id, parsed.digest()[:16])
     runtime.publisher.publish(error_response(error, parsed.id), reply, message)
+    runtime.admission.settled(parsed.id)
     metrics.tasks_submitted.labels("rejected").inc()
     return "rejected"
 

@@ -1,0 +1,171 @@
+"""A full cluster queues work, it does not fail it: bursts, MAX_ACTIVE_JOBS, quotas, timeouts.
+
+Every test runs real pods on the single-node local cluster (2 cores: 20 pods of the default
+100m request fit at once). The grace period for stuck pods is cut to 5 s so that a dispatcher
+which took a busy cluster for a broken one would answer with errors long before the bursts end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.burst import JobMonitor, run_burst, sleeper, task_queue_depth
+from tests.support.stack import Broker, Instance, Worker, kubectl, running
+
+pytestmark = pytest.mark.cluster
+Dispatcher = tuple[Broker, Worker]
+
+
+@pytest.mark.settings(IMAGE_PULL_GRACE_SECONDS="5")
+def test_a_burst_four_times_the_node_is_answered_exactly_once_each(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    with JobMonitor(broker.instance.env()) as jobs:
+        result = run_burst(broker, 80, 3, timeout=420)
+
+    assert (result.answered, result.wrong, result.duplicates) == (80, [], 0), result.summary()
+    assert jobs.max_active > 20  # the cluster really was full: pods waited for room
+    assert broker.no_more_responses(2) == []
+
+
+@pytest.mark.settings(MAX_ACTIVE_JOBS="4", IMAGE_PULL_GRACE_SECONDS="5")
+def test_max_active_jobs_keeps_the_rest_waiting_in_the_task_queue(dispatcher: Dispatcher) -> None:
+    broker, _ = dispatcher
+    depths: list[int] = []
+    with JobMonitor(broker.instance.env()) as jobs:
+        result = run_burst(
+            broker, 24, 2, timeout=300, on_tick=lambda: depths.append(task_queue_depth(broker))
+        )
+
+    assert (result.answered, result.wrong, result.duplicates) == (24, [], 0), result.summary()
+    assert jobs.max_active <= 4  # seen from the cluster, at every moment
+    assert len(jobs.created) == 24
+    assert max(depths) >= 10  # the backlog waited in RabbitMQ, not in the worker
+    assert depths[-1] == 0
+
+
+@pytest.mark.settings(JOB_CPU_REQUEST="64", IMAGE_PULL_GRACE_SECONDS="5")
+def test_a_task_no_node_can_ever_take_is_answered_after_the_grace_period(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    sent = sleeper("t-" + uuid.uuid4().hex[:10], 0)
+    broker.publish(sent)
+
+    response = broker.response(timeout=90)
+
+    assert response["id"] == sent["id"]
+    assert response["error"].startswith(
+        "the pod cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+    )
+    assert "Preemption is not helpful" in response["error"]
+    assert kubectl("-n", "dispatcher", "get", "job", sent["id"], check=False).returncode != 0
+
+
+@pytest.mark.settings(
+    JOB_CPU_REQUEST="1200m", QUEUE_TIMEOUT_SECONDS="15", IMAGE_PULL_GRACE_SECONDS="5"
+)
+def test_a_task_that_waits_past_its_queue_timeout_is_answered_and_the_other_runs(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    first, second = (sleeper("t-" + uuid.uuid4().hex[:10], s) for s in (45, 0))
+    broker.publish(first)  # takes 1.2 of the node's 2 cores for 45 s
+    time.sleep(3)
+    broker.publish(second)  # fits the node, but not beside the first
+
+    timed_out = broker.response(timeout=60)
+    finished = broker.response(timeout=90)
+
+    assert timed_out["id"] == second["id"]
+    assert timed_out["error"].startswith(
+        "the task waited 15 s for room in the cluster and never started: "
+        "0/1 nodes are available: 1 Insufficient cpu."
+    )
+    assert finished == {"id": first["id"], "output": f"{first['id']}\n", "exit": 0}
+
+
+# --- a namespace with a ResourceQuota ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuotaNamespace:
+    name: str
+
+
+@pytest.fixture
+def quota_namespace(tmp_path: Path) -> Iterator[QuotaNamespace]:
+    """A namespace of its own, with the claim, the service account, and room for 2 pods."""
+    name = "dq-" + uuid.uuid4().hex[:8]
+    tmp_path.chmod(0o777)
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{name}-pv"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "manual",
+                "claimRef": {"namespace": name, "name": "worker-pv-claim"},
+                "hostPath": {"path": str(tmp_path), "type": "Directory"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "worker-pv-claim", "namespace": name},
+            "spec": {
+                "storageClassName": "manual",
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "1Gi"}},
+                "volumeName": f"{name}-pv",
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "job-internal", "namespace": name},
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "tasks", "namespace": name},
+            "spec": {"hard": {"pods": "2"}},
+        },
+    ]
+    document = {"apiVersion": "v1", "kind": "List", "items": objects}
+    kubectl("apply", "-f", "-", input=json.dumps(document))
+    try:
+        yield QuotaNamespace(name)
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+        kubectl("delete", "pv", f"{name}-pv", "--wait=false", check=False)
+
+
+def test_a_namespace_whose_quota_is_used_up_queues_the_tasks_instead_of_failing_them(
+    quota_namespace: QuotaNamespace, log_dir: Path
+) -> None:
+    instance = Instance(
+        extra={"JOB_NAMESPACE": quota_namespace.name, "IMAGE_PULL_GRACE_SECONDS": "5"}
+    )
+    with running(instance, log_dir) as (broker, _):
+        result = run_burst(broker, 8, 4, timeout=400)
+
+    assert (result.answered, result.wrong, result.duplicates) == (8, [], 0), result.summary()
+    events = kubectl(
+        "-n", quota_namespace.name, "get", "events", "--field-selector", "reason=FailedCreate"
+    ).stdout
+    assert "exceeded quota: tasks" in events  # the quota really turned pods away meanwhile
