@@ -186,8 +186,8 @@ class Settings:
         "MAX_ACTIVE_JOBS",
         100,
         parsers.integer(0, 1000000),
-        "Most Jobs of this installation that exist at once, running or waiting for room; beyond "
-        "it new tasks stay in the task queue (0: no limit).",
+        "Most Jobs of this installation running or waiting for room at once; beyond it new "
+        "tasks wait in the task queue (0: no limit).",
     )
     job_max_run_seconds: int = _setting(
         "JOB_MAX_RUN_SECONDS",

@@ -221,8 +221,17 @@ def test_two_replicas_answer_every_task_exactly_once(log_dir: Path) -> None:
     assert sorted(r["id"] for r in responses) == sorted(d["id"] for d in sent)
 
 
+@pytest.mark.parametrize(
+    ("max_active_jobs", "meanwhile"),
+    [
+        # Without a limit the task is handed over and its Job creation is retried.
+        pytest.param("0", "creating Job {id} failed", id="submit-retried"),
+        # With one, the worker cannot count the active Jobs, so the task waits in the queue.
+        pytest.param("100", "the active Jobs are not known", id="task-waits-in-queue"),
+    ],
+)
 def test_an_unreachable_api_server_is_retried_and_no_task_is_lost(
-    log_dir: Path, tmp_path: Path
+    log_dir: Path, tmp_path: Path, max_active_jobs: str, meanwhile: str
 ) -> None:
     proxy = Proxy(("127.0.0.1", 6443))
     kubeconfig = tmp_path / "kubeconfig"
@@ -230,14 +239,14 @@ def test_an_unreachable_api_server_is_retried_and_no_task_is_lost(
     kubeconfig.write_text(
         original.replace("https://127.0.0.1:6443", f"https://127.0.0.1:{proxy.port}")
     )
-    instance = Instance(extra={"KUBECONFIG": str(kubeconfig)})
+    instance = Instance(extra={"KUBECONFIG": str(kubeconfig), "MAX_ACTIVE_JOBS": max_active_jobs})
     try:
         with running(instance, log_dir) as (broker, worker):
             proxy.cut()
             sent = task("echo after-outage")
             broker.publish(sent)
             deadline = time.monotonic() + 30
-            while f"creating Job {sent['id']} failed" not in worker.log():
+            while meanwhile.format(id=sent["id"]) not in worker.log():
                 assert time.monotonic() < deadline, worker.log_tail()
                 time.sleep(0.5)
             proxy.restore()

@@ -123,11 +123,13 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         backlog (durable, and visible to operators as the queue's depth)."""
         message.requeue()
         if not self._paused and self._timers:
-            log.info(
-                "%d active Jobs reached MAX_ACTIVE_JOBS; tasks wait in queue %s",
-                self.runtime.settings.max_active_jobs,
-                self.runtime.settings.task_queue_name,
+            settings = self.runtime.settings
+            why = (
+                "the active Jobs are not known (the Job watch has not listed them)"
+                if self.runtime.active_jobs() is None
+                else f"MAX_ACTIVE_JOBS ({settings.max_active_jobs}) is reached"
             )
+            log.info("%s; tasks wait in queue %s", why, settings.task_queue_name)
             self._set_paused(True)
 
     def _resume_if_room(self) -> None:
