@@ -8,7 +8,9 @@ which took a busy cluster for a broken one would answer with errors long before 
 from __future__ import annotations
 
 import json
+import socket
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +26,27 @@ pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+PORT = free_port()
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The worker's unlabelled Prometheus samples, by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            samples[name] = float(value)
+    return samples
+
+
 @pytest.mark.settings(IMAGE_PULL_GRACE_SECONDS="5")
 def test_a_burst_four_times_the_node_is_answered_exactly_once_each(
     dispatcher: Dispatcher,
@@ -37,20 +60,29 @@ def test_a_burst_four_times_the_node_is_answered_exactly_once_each(
     assert broker.no_more_responses(2) == []
 
 
-@pytest.mark.settings(MAX_ACTIVE_JOBS="4", IMAGE_PULL_GRACE_SECONDS="5")
+@pytest.mark.settings(MAX_ACTIVE_JOBS="4", IMAGE_PULL_GRACE_SECONDS="5", HEALTH_PORT=str(PORT))
 def test_max_active_jobs_keeps_the_rest_waiting_in_the_task_queue(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
     depths: list[int] = []
+    scraped: list[dict[str, float]] = []
+
+    def sample() -> None:
+        depths.append(task_queue_depth(broker))
+        scraped.append(metrics(PORT))
+
     with JobMonitor(broker.instance.env()) as jobs:
-        result = run_burst(
-            broker, 24, 2, timeout=300, on_tick=lambda: depths.append(task_queue_depth(broker))
-        )
+        result = run_burst(broker, 24, 2, timeout=300, on_tick=sample)
 
     assert (result.answered, result.wrong, result.duplicates) == (24, [], 0), result.summary()
     assert jobs.max_active <= 4  # seen from the cluster, at every moment
     assert len(jobs.created) == 24
     assert max(depths) >= 10  # the backlog waited in RabbitMQ, not in the worker
     assert depths[-1] == 0
+    # What operators see on /metrics meanwhile: the limit, the pause, the backlog.
+    assert {sample["dispatcher_max_active_jobs"] for sample in scraped} == {4.0}
+    assert max(sample["dispatcher_intake_paused"] for sample in scraped) == 1.0
+    assert max(sample["dispatcher_task_queue_messages"] for sample in scraped) >= 10
+    assert max(sample["dispatcher_jobs_in_flight"] for sample in scraped) <= 4
 
 
 @pytest.mark.settings(JOB_CPU_REQUEST="64", IMAGE_PULL_GRACE_SECONDS="5")
