@@ -359,11 +359,14 @@ def test_a_job_deleted_by_someone_else_is_answered(dispatcher: Dispatcher) -> No
     sent = task("sleep 60")
     broker.publish(sent, correlation_id="corr-del")
     assert wait_for_jobs(broker, 1)
+    pod = f"batch.kubernetes.io/job-name={sent['id']}"
+    kubectl("-n", "dispatcher", "wait", "pod", "-l", pod, "--for=condition=Ready", "--timeout=60s")
 
     kubectl("-n", "dispatcher", "delete", "job", sent["id"], "--wait=false")
 
     assert broker.response(timeout=60) == {
         "id": sent["id"],
-        "error": "the Job was deleted before it finished",
+        "error": "the Job was deleted before it finished (its pod had started)",
     }
     assert broker.no_more_responses(2) == []
+    assert wait_for_jobs(broker, 0, timeout=30) == []  # answered, the Job is let go of

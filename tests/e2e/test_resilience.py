@@ -67,6 +67,43 @@ def test_worker_killed_after_submitting_answers_every_task_after_restart(log_dir
     assert {r["id"]: r for r in responses} == expected
 
 
+def test_jobs_deleted_by_hand_while_no_worker_runs_are_answered_after_restart(
+    log_dir: Path,
+) -> None:
+    instance = Instance()
+    with running(instance, log_dir) as (broker, worker):
+        quick = [task(f"echo q{i}") for i in range(6)]
+        slow = [task(f"echo s{i}; sleep 120") for i in range(3)]
+        for document in quick + slow:
+            broker.publish(document)
+        assert len(wait_for_jobs(broker, len(quick) + len(slow))) == len(quick) + len(slow)
+        worker.kill(signal.SIGKILL)
+
+        deadline = time.monotonic() + 90  # the quick ones end, the slow ones run
+        while [job_states(broker).get(d["id"]) for d in quick] != ["ended"] * len(quick):
+            assert time.monotonic() < deadline, job_states(broker)
+            time.sleep(0.5)
+        for pod in [f"batch.kubernetes.io/job-name={d['id']}" for d in slow]:
+            kubectl("-n", "dispatcher", "wait", "pod", "-l", pod, "--for=condition=Ready")
+        # Deleted as a person (or a Job's TTL) would, with nobody there to see it.
+        deleted = quick[:2] + slow
+        kubectl("-n", "dispatcher", "delete", "job", "--wait=false", *[d["id"] for d in deleted])
+
+        responses = answers_after_restart(instance, broker, log_dir, len(quick) + len(slow))
+        assert wait_for_jobs(broker, 0, timeout=60) == []  # none left terminating
+    expected = {
+        d["id"]: {"id": d["id"], "output": f"q{i}\n", "exit": 0} for i, d in enumerate(quick)
+    }
+    expected |= {
+        d["id"]: {
+            "id": d["id"],
+            "error": "the Job was deleted before it finished (its pod had started)",
+        }
+        for d in slow
+    }
+    assert {r["id"]: r for r in responses} == expected
+
+
 def test_worker_killed_while_taking_in_messages_loses_none(log_dir: Path) -> None:
     instance = Instance(extra={"TASK_PREFETCH": "4"})
     with running(instance, log_dir) as (broker, worker):

@@ -108,3 +108,42 @@ def test_rbac_is_enforced_for_a_service_account_that_was_granted_nothing() -> No
     assert denied.stdout.strip() == "no"
     allowed = kubectl("auth", "can-i", "create", "jobs", "-n", "dispatcher")
     assert allowed.stdout.strip() == "yes"  # the admin can, so the "no" above is RBAC's answer
+
+
+def test_releasing_a_deleted_job_drops_only_our_finalizer_and_then_it_is_gone(
+    kube: KubeClient,
+) -> None:
+    name = "stack-" + uuid.uuid4().hex[:8]
+    ours, other = "job-dispatcher.io/answer", "example.com/audit"
+    manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": "dispatcher", "finalizers": [ours, other]},
+        "spec": {
+            "suspend": True,  # no pod is needed to test the Job object's life
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "task", "image": stack_env()["TEST_IMAGE"]}],
+                }
+            },
+        },
+    }
+    kube.create_job(manifest)
+    try:
+        kube.delete_job(name)
+        terminating = kube.get_job(name)
+        assert terminating is not None
+        assert terminating["metadata"]["deletionTimestamp"]
+
+        released = kube.release_job(name, ours, {"job-dispatcher.io/responded": "now"})
+
+        assert released is not None
+        assert released["metadata"]["finalizers"] == [other]
+        assert released["metadata"]["annotations"]["job-dispatcher.io/responded"] == "now"
+        kube.release_job(name, other, {})  # its last finalizer: the Job goes
+        assert kube.get_job(name) is None
+        assert kube.release_job(name, ours, {}) is None  # gone: nothing to release
+    finally:
+        kube.release_job(name, ours, {})
+        kube.release_job(name, other, {})

@@ -81,6 +81,10 @@ class FakeKube:
         job["metadata"]["resourceVersion"] = self._next_version()
         return copy.deepcopy(job)
 
+    def remove_job(self, name: str) -> None:
+        """The Job is gone at once, finalizers or not (someone removed them by hand)."""
+        self.deleted[name] = self.jobs.pop(name)
+
     def add_pod(self, pod: KubeObject) -> None:
         self.pods.append(copy.deepcopy(pod))
 
@@ -132,12 +136,39 @@ class FakeKube:
         self.jobs[name] = patched
         return copy.deepcopy(patched)
 
+    def release_job(
+        self, name: str, finalizer: str, annotations: Mapping[str, str]
+    ) -> KubeObject | None:
+        """Set the annotations and drop the finalizer; a Job being deleted then goes."""
+        self._enter("release_job")
+        job = self.jobs.get(name)
+        if job is None:
+            return None
+        released = copy.deepcopy(job)
+        meta = released["metadata"]
+        meta.setdefault("annotations", {}).update(annotations)
+        meta["finalizers"] = [f for f in meta.get("finalizers", []) if f != finalizer]
+        meta["resourceVersion"] = self._next_version()
+        if meta.get("deletionTimestamp") and not meta["finalizers"]:
+            # Like the API server: deleted as stored *before* this patch, which is what the
+            # DELETED event shows.
+            self.deleted[name] = self.jobs.pop(name)
+        else:
+            self.jobs[name] = released
+        return copy.deepcopy(released)
+
     def delete_job(self, name: str) -> None:
-        """Like the real client: deleting a Job that is already gone is not an error."""
+        """Like the API server: a Job with finalizers is only marked for deletion; deleting a
+        Job that is already gone is not an error."""
         self._enter("delete_job")
-        job = self.jobs.pop(name, None)
-        if job is not None:
-            self.deleted[name] = job
+        job = self.jobs.get(name)
+        if job is None:
+            return
+        if job["metadata"].get("finalizers"):
+            job["metadata"].setdefault("deletionTimestamp", T0)
+            job["metadata"]["resourceVersion"] = self._next_version()
+        else:
+            self.deleted[name] = self.jobs.pop(name)
 
     def list_pods(self, selector: str) -> list[KubeObject]:
         self._enter("list_pods")

@@ -253,8 +253,8 @@ def test_failed_publish_leaves_the_job_unmarked_and_a_retry_answers_it() -> None
 def test_a_repeated_answer_after_a_crash_carries_the_same_message_id() -> None:
     kube = FakeKube()
     job = ended_job(kube)
-    crash = TransientKubeError("patch Job t-1: connection reset by peer")
-    first = FakePublisher(on_publish=lambda _: kube.fail_next("patch_job", crash))
+    crash = TransientKubeError("release Job t-1: connection reset by peer")
+    first = FakePublisher(on_publish=lambda _: kube.fail_next("release_job", crash))
 
     with pytest.raises(TransientKubeError):  # published, then lost before marking the Job
         run(kube, first, job)
@@ -314,7 +314,7 @@ def test_already_answered_job_is_deleted_without_a_second_response() -> None:
 def test_job_that_no_longer_exists_is_gone() -> None:
     kube, publisher = FakeKube(), FakePublisher()
     job = ended_job(kube)
-    kube.delete_job("t-1")
+    kube.remove_job("t-1")
 
     assert run(kube, publisher, job).state is Finalized.GONE
     assert publisher.published == []
@@ -323,7 +323,7 @@ def test_job_that_no_longer_exists_is_gone() -> None:
 def test_new_job_under_the_same_name_is_not_answered_for_the_old_one() -> None:
     kube, publisher = FakeKube(), FakePublisher()
     old = ended_job(kube)
-    kube.delete_job("t-1")
+    kube.remove_job("t-1")
     new = ended_job(kube)
 
     result = run(kube, publisher, old)
@@ -331,6 +331,76 @@ def test_new_job_under_the_same_name_is_not_answered_for_the_old_one() -> None:
     assert result.state is Finalized.GONE
     assert publisher.published == []
     assert kube.get_job("t-1") == new
+
+
+# --- deleted before it was answered (our finalizer holds it) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pods", "error"),
+    [
+        pytest.param(
+            [{"phase": "Running", "state": {"running": {}}}],
+            "the Job was deleted before it finished (its pod had started)",
+            id="running",
+        ),
+        pytest.param(
+            [{"scheduled": FULL}],
+            "the Job was deleted before it finished (it had not started)",
+            id="waiting-for-room",
+        ),
+        pytest.param(
+            [], "the Job was deleted before it finished (it had not started)", id="no-pod"
+        ),
+    ],
+)
+def test_a_job_deleted_before_it_ended_is_answered_with_how_far_it_got_then_let_go(
+    pods: list[dict[str, Any]], error: str
+) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube, route=ReplyRoute("c-9", "replies"))
+    for pod in pods:
+        kube.add_pod(make_pod(job, **pod))
+    kube.update_status("t-1", RUNNING)
+    kube.delete_job("t-1")  # someone deletes it: the finalizer keeps it, terminating
+    job = kube.get_job("t-1")
+    assert job is not None
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert publisher.published == [
+        Published(Response(id="t-1", error=error), ReplyRoute("c-9", "replies"), MESSAGE_ID)
+    ]
+    assert kube.get_job("t-1") is None  # the finalizer went with the answer
+    assert RESPONDED_ANNOTATION in kube.annotations("t-1")
+
+
+def test_a_finished_job_deleted_before_it_was_answered_gets_its_real_answer() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    kube.delete_job("t-1")  # e.g. its TTL ran out while no worker was running
+    job = kube.get_job("t-1")
+    assert job is not None
+
+    run(kube, publisher, job)
+
+    assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+    assert kube.get_job("t-1") is None
+
+
+def test_every_job_is_let_go_of_once_answered_and_other_finalizers_stay() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    kube.jobs["t-1"]["metadata"]["finalizers"].append("example.com/audit")
+
+    run(kube, publisher, job)
+
+    left = kube.get_job("t-1")
+    assert left is not None
+    assert left["metadata"]["deletionTimestamp"]
+    assert left["metadata"]["finalizers"] == ["example.com/audit"]
+    assert len(publisher.published) == 1
 
 
 # --- the claim ----------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ def test_full_task_becomes_this_job() -> None:
                 "job-dispatcher.io/correlation-id": "c-42",
                 "job-dispatcher.io/reply-to": "amq.rabbitmq.reply-to.g2dkAA",
             },
+            "finalizers": ["job-dispatcher.io/answer"],
         },
         "spec": {
             "backoffLimit": 0,

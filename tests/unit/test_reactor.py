@@ -147,6 +147,29 @@ def test_a_job_deleted_before_it_was_answered_is_answered_from_its_last_state(
     assert deleted[0].deleted_annotations == job["metadata"]["annotations"]
 
 
+@pytest.mark.parametrize("event", ["MODIFIED", "LISTED"])
+@pytest.mark.parametrize(
+    "status", [pytest.param(RUNNING, id="running"), pytest.param(COMPLETE, id="ended")]
+)
+def test_a_job_marked_for_deletion_unanswered_is_finalized_once_and_no_longer_active(
+    event: str, status: Any
+) -> None:
+    react, requests = reactor()
+    kube = FakeKube()
+    job = create_job_for(kube)
+    react.on_job("ADDED", job)
+    kube.update_status("t-1", status)
+    kube.delete_job("t-1")  # held by the dispatcher's finalizer until it is answered
+    terminating = kube.get_job("t-1")
+    assert terminating is not None
+
+    react.on_job(event, terminating)
+    react.on_job(event, terminating)
+
+    assert requests == [FinalizeRequest("t-1", uid(job), 0.0, "deleted before it was answered")]
+    assert react.active_jobs() == 0
+
+
 def test_a_job_whose_finalize_could_not_be_queued_is_asked_for_again() -> None:
     requests: list[FinalizeRequest] = []
     failures = [RuntimeError("broker away")]

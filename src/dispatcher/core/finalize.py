@@ -1,11 +1,13 @@
 """Finalize: read the deciding pod's result, publish the one response, release the Job.
 
 Steps, each safe to repeat: (1) decide — the Job ended, its pod is still stuck after the grace
-period, or it waited longer than its queue timeout for room (a pod that only waits for room is
-never answered before that); (2) claim the Job with a conditional annotation patch so that only
-one worker answers even when several replicas saw the same event; (3) read the logs and publish
-the response with a broker confirm; (4) mark the Job responded and delete it. A crash between
-(3) and (4) can repeat the response after a restart (at-least-once; `message_id` is stable).
+period, it waited longer than its queue timeout for room (a pod that only waits for room is
+never answered before that), or someone deleted it (our finalizer holds it until answered);
+(2) claim the Job with a conditional annotation patch so that only one worker answers even when
+several replicas saw the same event; (3) read the logs and publish the response with a broker
+confirm; (4) in one patch, mark the Job responded and drop our finalizer, then delete it. A
+crash between (3) and (4) can repeat the response after a restart (at-least-once; `message_id`
+is stable).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway, ResponsePublisher
-from dispatcher.errors import ConflictError, PermanentKubeError
+from dispatcher.errors import ConflictError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import (
+    ANSWER_FINALIZER,
     CLAIM_ANNOTATION,
     CONTAINER_NAME,
     CORRELATION_ID_ANNOTATION,
@@ -29,10 +32,12 @@ from dispatcher.kube.conventions import (
     pods_of_job,
 )
 from dispatcher.kube.outcome import (
+    DELETED_ERROR,
     Outcome,
     Stuck,
     Verdict,
     job_finished,
+    judge_deleted,
     judge_finished,
     judge_not_created,
     judge_queue_timeout,
@@ -48,6 +53,7 @@ from dispatcher.messages.route import ReplyRoute
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = timedelta(minutes=2)
+LOGS_UNAVAILABLE = "the task's logs could not be read: the Kubernetes API kept failing"
 
 
 class Finalized(enum.Enum):
@@ -72,6 +78,7 @@ class Context:
     publisher: ResponsePublisher
     settings: Settings
     holder: str  # identifies this finalize task (worker and task id) in the claim annotation
+    logs_optional: bool = False  # answer without the logs if they still cannot be read
 
 
 def message_id(job_name: str, run: str) -> str:
@@ -87,8 +94,8 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
         if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
             return Result(Finalized.GONE)
         annotations = job["metadata"].get("annotations") or {}
-        if RESPONDED_ANNOTATION in annotations:
-            ctx.kube.delete_job(job_name)
+        if RESPONDED_ANNOTATION in annotations:  # answered before a crash: finish the job
+            _release(job_name, {}, ctx)
             return Result(Finalized.ALREADY_ANSWERED)
         verdict = _decide(job, ctx, now)
         if verdict is None:
@@ -102,8 +109,9 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
 
 
 def answer_deleted(job_name: str, job_uid: str, annotations: dict[str, str], ctx: Context) -> None:
-    """A Job deleted before it was answered (by a person, or its TTL) still gets a response."""
-    response = Response(id=job_name, error="the Job was deleted before it finished")
+    """A Job that vanished unanswered — our finalizer was removed by hand, or the Job was made
+    before the finalizer existed — still gets a response, without its last state."""
+    response = Response(id=job_name, error=DELETED_ERROR)
     ctx.publisher.publish(response, _route(annotations), message_id(job_name, job_uid))
     log.info("answered Job %s: deleted before it finished", job_name)
 
@@ -113,10 +121,21 @@ def _answer_and_release(
 ) -> Result:
     job_name = job["metadata"]["name"]
     _answer(job, verdict, ctx)
-    ctx.kube.patch_job(job_name, {"metadata": {"annotations": {RESPONDED_ANNOTATION: _ts(now)}}})
-    ctx.kube.delete_job(job_name)
+    responded = {RESPONDED_ANNOTATION: _ts(now)}
+    if job["metadata"].get("deletionTimestamp"):
+        # Dropping the last finalizer of a terminating Job deletes it as it was before that
+        # patch: the DELETED event must already show it answered, or it would be answered again.
+        ctx.kube.patch_job(job_name, {"metadata": {"annotations": responded}})
+        responded = {}
+    _release(job_name, responded, ctx)
     log.info("answered Job %s: %s", job_name, verdict.outcome.name)
     return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
+
+
+def _release(job_name: str, annotations: dict[str, str], ctx: Context) -> None:
+    """Mark the Job answered, let go of it (its finalizer), and delete it."""
+    if ctx.kube.release_job(job_name, ANSWER_FINALIZER, annotations) is not None:
+        ctx.kube.delete_job(job_name)
 
 
 def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
@@ -126,6 +145,8 @@ def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
     pods = ctx.kube.list_pods(pods_of_job(uid))
     if job_finished(job):
         return judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
+    if job["metadata"].get("deletionTimestamp"):  # deleted by someone else; held by our finalizer
+        return judge_deleted(pods)
     for pod in pods:
         stuck = pod_stuck(pod)
         if stuck is not None and not _scaling_up(pod, stuck, ctx):
@@ -213,13 +234,19 @@ def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
     meta = job["metadata"]
     annotations = meta.get("annotations") or {}
     output = None
+    error = verdict.error
     if verdict.pod_name is not None:
         cap = ctx.settings.max_output_bytes
         try:
             output = ctx.kube.read_log(verdict.pod_name, CONTAINER_NAME, cap)
         except PermanentKubeError as exc:  # e.g. the container never started: no logs exist
             log.info("no logs for Pod %s: %s", verdict.pod_name, exc)
-    response = Response(id=meta["name"], output=output, exit=verdict.exit_code, error=verdict.error)
+        except TransientKubeError as exc:
+            if not ctx.logs_optional:
+                raise
+            log.warning("giving up on the logs of Pod %s: %s", verdict.pod_name, exc)
+            error = error or LOGS_UNAVAILABLE
+    response = Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
     ctx.publisher.publish(response, _route(annotations), message_id(meta["name"], meta["uid"]))
 
 

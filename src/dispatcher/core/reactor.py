@@ -1,11 +1,12 @@
 """Turns watch events into finalize requests, once per Job, and counts the Jobs that are active.
 
 The watchers call `on_job`, `on_pod` and `on_event` for every event; the reactor decides when a
-Job needs finalizing — it ended, its pod is stuck (image pull, container config, or a pod that can
-never be scheduled), or its pod cannot even be created (FailedCreate), the last two after the
-grace period — and asks for it exactly once per Job uid (per stuck pod) in this process. A pod
-that only waits for room is not stuck: `sweep` asks for a finalize when a Job has waited
-`queue_timeout_seconds` without its pod getting a node. Finalize itself is idempotent and guarded
+Job needs finalizing — it ended, someone deleted it (our finalizer keeps it until answered), its
+pod is stuck (image pull, container config, or a pod that can never be scheduled), or its pod
+cannot even be created (FailedCreate), the last two after the grace period — and asks for it
+exactly once per Job uid (per stuck pod) in this process. A pod that only waits for room is not
+stuck: `sweep` asks for a finalize when a Job has waited `queue_timeout_seconds` without its pod
+getting a node. Finalize itself is idempotent and guarded
 by a claim on the Job, so other replicas or a restarted process asking again is harmless.
 
 The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
@@ -106,7 +107,8 @@ class Reactor:
         annotations = meta.get("annotations") or {}
         if event_type == "DELETED":
             self._forget(uid)
-            if RESPONDED_ANNOTATION not in annotations:  # deleted by someone else, unanswered
+            # Gone unanswered: its finalizer was removed by hand, or it predates the finalizer.
+            if RESPONDED_ANNOTATION not in annotations:
                 why = "deleted before it was answered"
                 self._schedule(FinalizeRequest(name, uid, 0.0, why, dict(annotations)))
             return
@@ -115,6 +117,11 @@ class Reactor:
             if event_type == "LISTED":  # answered before a crash, never deleted: finish the job
                 why = "answered, not yet deleted"
                 self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
+            return
+        if meta.get("deletionTimestamp"):  # deleted unanswered: our finalizer holds it for us
+            self._end(uid)
+            why = "deleted before it was answered"
+            self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
             return
         if not job_finished(job):
             with self._lock:

@@ -147,6 +147,30 @@ class KubeClient:
             params=params,
         )
 
+    def release_job(
+        self, name: str, finalizer: str, annotations: Mapping[str, str]
+    ) -> KubeObject | None:
+        """Set `annotations` and drop `finalizer` from the Job in one patch (a strategic merge
+        patch: the Job's other finalizers stay). A Job being deleted goes once its last
+        finalizer does; None when the Job was already gone."""
+        patch = {
+            "metadata": {
+                "annotations": dict(annotations),
+                "$deleteFromPrimitiveList/finalizers": [finalizer],
+            }
+        }
+        try:
+            return self._json(
+                "PATCH",
+                self._path("jobs", name),
+                f"release Job {name}",
+                content=json.dumps(patch).encode(),
+                headers={"Content-Type": "application/strategic-merge-patch+json"},
+                params={"fieldManager": self._field_manager},
+            )
+        except NotFoundError:
+            return None
+
     def delete_job(self, name: str) -> None:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         try:

@@ -24,6 +24,10 @@ RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
 CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
 """``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
 
+ANSWER_FINALIZER: Final = "job-dispatcher.io/answer"
+"""On every Job from its creation until its response is published: a Job deleted before it was
+answered (by a person, its TTL, a namespace clean-up) waits, as terminating, for its answer."""
+
 JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"
 """Set by the Job controller on every pod of a Job: the Job's name."""
 CONTROLLER_UID_LABEL: Final = "batch.kubernetes.io/controller-uid"

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from dispatcher.config import Settings
 from dispatcher.kube.conventions import (
+    ANSWER_FINALIZER,
     CONTAINER_NAME,
     CORRELATION_ID_ANNOTATION,
     REPLY_TO_ANNOTATION,
@@ -42,6 +43,7 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
             "namespace": settings.job_namespace,
             "labels": labels,
             "annotations": _annotations(task, route),
+            "finalizers": [ANSWER_FINALIZER],
         },
         "spec": {
             "backoffLimit": 0,

@@ -45,6 +45,7 @@ class Outcome(Enum):
     POD_NOT_CREATED = "pod_not_created"
     QUEUE_TIMEOUT = "queue_timeout"
     LOST = "lost"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,15 @@ def judge_finished(
         return Verdict(Outcome.FAILED, _name(pod), exit_code, _OOM_ERROR)
     outcome = Outcome.SUCCEEDED if exit_code == 0 else Outcome.FAILED
     return Verdict(outcome, _name(pod), exit_code, None)
+
+
+DELETED_ERROR = "the Job was deleted before it finished"
+
+
+def judge_deleted(pods: Sequence[Mapping[str, Any]]) -> Verdict:
+    """The verdict on a Job deleted (by someone else) before it finished: how far it got."""
+    state = "its pod had started" if any(pod_started(pod) for pod in pods) else "it had not started"
+    return Verdict(Outcome.DELETED, None, None, f"{DELETED_ERROR} ({state})")
 
 
 def not_created_message(events: Sequence[Mapping[str, Any]]) -> str | None:
