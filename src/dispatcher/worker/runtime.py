@@ -62,7 +62,8 @@ class Runtime:
     def publisher(self) -> AmqpResponsePublisher:
         return AmqpResponsePublisher(self.app.producer_pool, self.settings)
 
-    def finalize_context(self, task_id: str) -> Context:
+    def finalize_context(self, task_id: str, *, logs_optional: bool = False) -> Context:
         """The claim holder names this worker and the finalize task, so two tasks of one
         worker never both answer a Job."""
-        return Context(self.kube, self.publisher, self.settings, f"{self.holder}/{task_id}")
+        holder = f"{self.holder}/{task_id}"
+        return Context(self.kube, self.publisher, self.settings, holder, logs_optional)

@@ -1,10 +1,12 @@
 """The two short Celery tasks. Thin adapters: decode, call one core function, map errors.
 
 `dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck or
-deleted Job. Neither waits for a Job to run. Transient Kubernetes errors and broker errors are
-retried with the one policy in `dispatcher.worker.retry`; permanent Kubernetes errors, and
-retries running out, are answered at once. A retry that cannot even be published puts the
-message back on its queue instead of dropping it.
+deleted Job. Neither waits for a Job to run. Every way out of a task is a confirmed response or
+a retry, never a silent end: broker errors are retried for as long as they last; in submit,
+transient Kubernetes errors are retried with the one policy in `dispatcher.worker.retry` and
+then answered, and permanent ones (and defects) are answered at once; finalize retries every
+failure, since the Job, and so the answer, waits in the cluster. A retry that cannot even be
+published puts the message back on its queue instead of dropping it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import MessageNacked
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError, OperationalError
@@ -31,16 +34,19 @@ from dispatcher.errors import (
 from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import parse_task, peek_task_id
-from dispatcher.worker.retry import MAX_ATTEMPTS, backoff
+from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (KombuError, OperationalError, ConnectionError, OSError)
+BROKER_ERRORS = (KombuError, OperationalError, MessageNacked, ConnectionError, OSError)
+INTERNAL_ERROR = "internal error of the dispatcher; its log has the details"
 
 
 def register_tasks(app: Celery) -> None:
     options: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
-    app.task(name=SUBMIT_TASK, max_retries=MAX_ATTEMPTS, **options)(submit_task)
+    # No retry limit of Celery's own: submit counts its Kubernetes attempts itself, and broker
+    # trouble is waited out however long it lasts (the message is never dropped).
+    app.task(name=SUBMIT_TASK, max_retries=None, **options)(submit_task)
     app.task(name=FINALIZE_TASK, max_retries=None, **options)(finalize_task)
 
 
@@ -115,6 +121,11 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     except KubeError as exc:
         metrics.kube_errors.labels("permanent").inc()
         error = str(exc)
+    except BROKER_ERRORS:
+        raise
+    except Exception:  # a defect: answer rather than drop the task
+        log.exception("submitting task %s failed unexpectedly", parsed.id)
+        error = INTERNAL_ERROR
     log.warning("task %s answered with an error: %s", parsed.id, error)
     message = message_id(parsed.id, parsed.digest()[:16])
     runtime.publisher.publish(error_response(error, parsed.id), reply, message)
@@ -127,17 +138,26 @@ def _finalize(
     self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None
 ) -> str:
     runtime = self.app.dispatcher
-    context = runtime.finalize_context(self.request.id)
+    retries = self.request.retries
+    context = runtime.finalize_context(self.request.id, logs_optional=retries >= LOG_ATTEMPTS)
     if deleted_annotations is not None:
         answer_deleted(job_name, job_uid, deleted_annotations, context)
         runtime.metrics.jobs_finished.labels("deleted").inc()
         return "answered"
     try:
         result = finalize(job_name, job_uid, context)
+    except BROKER_ERRORS:
+        raise
     except TransientKubeError as exc:
         runtime.metrics.kube_errors.labels("transient").inc()
         log.warning("finalizing Job %s failed: %s; will retry", job_name, exc)
-        _retry(self, exc, backoff(min(self.request.retries, 6)))
+        _retry(self, exc, backoff(min(retries, 6)))
+        raise  # unreachable
+    except Exception as exc:  # e.g. a webhook denying the claim: only a person can fix it
+        if isinstance(exc, KubeError):
+            runtime.metrics.kube_errors.labels("permanent").inc()
+        log.exception("finalizing Job %s failed: %s; will retry", job_name, exc)
+        _retry(self, exc, backoff(min(retries, 6)))
         raise  # unreachable
     if result.state is Finalized.ANSWERED and result.verdict is not None:
         runtime.metrics.jobs_finished.labels(result.verdict.outcome.value).inc()

@@ -1,0 +1,196 @@
+"""The Celery tasks: every way out is a confirmed response or a retry, never a silent end.
+
+The tasks run as Celery runs them (the real task objects and `Task.retry`, publishing retries to
+an in-memory broker); Kubernetes and the response publisher are the fakes of our own ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from amqp.exceptions import MessageNacked
+from celery import Celery
+from celery.exceptions import Retry
+from kombu.exceptions import OperationalError
+
+from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
+from dispatcher.core.finalize import LOGS_UNAVAILABLE
+from dispatcher.errors import InvalidSpecError, PermanentKubeError, TransientKubeError
+from dispatcher.kube.conventions import RESPONDED_ANNOTATION
+from dispatcher.messages.response import Response
+from dispatcher.worker.app import create_app
+from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS
+from dispatcher.worker.tasks import INTERNAL_ERROR
+from tests.unit.fakes import (
+    COMPLETE,
+    SETTINGS,
+    TASK,
+    FakeKube,
+    FakePublisher,
+    create_job_for,
+    make_pod,
+    terminated,
+)
+
+BROKER_TROUBLE = [
+    pytest.param(MessageNacked(), id="nacked"),
+    pytest.param(OperationalError("connection reset"), id="connection-lost"),
+    pytest.param(ConnectionRefusedError(111, "refused"), id="refused"),
+]
+
+
+@dataclass
+class Worker:
+    app: Celery
+    kube: FakeKube
+    publisher: FakePublisher
+
+    def submit(self, task: dict[str, Any], *, retries: int = 0) -> str:
+        return self._run(SUBMIT_TASK, retries, task, {"correlation_id": "c-1"})
+
+    def finalize(self, *args: Any, retries: int = 0) -> str:
+        return self._run(FINALIZE_TASK, retries, *args)
+
+    def _run(self, name: str, retries: int, *args: Any) -> str:
+        task = self.app.tasks[name]
+        task.push_request(
+            id=f"{name}-1", retries=retries, args=list(args), kwargs={}, called_directly=False
+        )
+        try:
+            result: str = task.run(*args)
+        finally:
+            task.pop_request()
+        return result
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    app = create_app(SETTINGS)
+    app.conf.broker_url = "memory://"
+    kube, publisher = FakeKube(), FakePublisher()
+    app.dispatcher.kube = kube
+    app.dispatcher.publisher = publisher
+    yield Worker(app, kube, publisher)
+    app.close()
+
+
+def task_document() -> dict[str, Any]:
+    return {"id": TASK.id, "image": TASK.image, "volume_mount_path": "/work", "args": ["true"]}
+
+
+def ended_job(kube: FakeKube) -> tuple[str, str]:
+    job = create_job_for(kube)
+    kube.add_pod(make_pod(job, phase="Succeeded", state=terminated(0)))
+    kube.update_status("t-1", COMPLETE)
+    return job["metadata"]["name"], job["metadata"]["uid"]
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def test_submit_creates_the_job(worker: Worker) -> None:
+    assert worker.submit(task_document()) == "created"
+    assert "t-1" in worker.kube.jobs
+
+
+@pytest.mark.parametrize("trouble", BROKER_TROUBLE)
+@pytest.mark.parametrize("retries", [0, MAX_ATTEMPTS + 40])
+def test_broker_trouble_while_answering_is_retried_however_long_it_lasts(
+    worker: Worker, trouble: Exception, retries: int
+) -> None:
+    worker.publisher = worker.app.dispatcher.publisher = FakePublisher(error=trouble)
+
+    with pytest.raises(Retry):
+        worker.submit({"id": "t-1"}, retries=retries)  # invalid: answered with an error
+
+
+def test_kubernetes_unavailable_is_retried_then_answered(worker: Worker) -> None:
+    outage = TransientKubeError("create Job t-1: ConnectError: connection refused")
+    worker.kube.fail_next("create_job", outage)
+    with pytest.raises(Retry):
+        worker.submit(task_document(), retries=0)
+
+    worker.kube.fail_next("create_job", outage)
+    assert worker.submit(task_document(), retries=MAX_ATTEMPTS) == "rejected"
+    assert worker.publisher.responses == [
+        Response(id="t-1", error=f"Kubernetes API unavailable: {outage}")
+    ]
+
+
+def test_a_defect_while_submitting_is_answered_not_dropped(worker: Worker) -> None:
+    worker.kube.fail_next("create_job", KeyError("spec"))  # type: ignore[arg-type]
+
+    assert worker.submit(task_document()) == "rejected"
+    assert worker.publisher.responses == [Response(id="t-1", error=INTERNAL_ERROR)]
+
+
+# --- finalize ----------------------------------------------------------------------------------
+
+
+def test_finalize_answers_an_ended_job_and_lets_it_go(worker: Worker) -> None:
+    name, uid = ended_job(worker.kube)
+    worker.kube.logs["t-1-x7k2p"] = "done\n"
+
+    assert worker.finalize(name, uid) == "answered"
+    assert worker.publisher.responses == [Response(id="t-1", output="done\n", exit=0)]
+    assert RESPONDED_ANNOTATION in worker.kube.annotations("t-1")
+    assert worker.kube.get_job("t-1") is None
+
+
+@pytest.mark.parametrize("trouble", BROKER_TROUBLE)
+def test_finalize_retries_broker_trouble_and_the_job_stays_unanswered(
+    worker: Worker, trouble: Exception
+) -> None:
+    name, uid = ended_job(worker.kube)
+    worker.publisher = worker.app.dispatcher.publisher = FakePublisher(error=trouble)
+
+    with pytest.raises(Retry):
+        worker.finalize(name, uid, retries=100)
+    assert RESPONDED_ANNOTATION not in worker.kube.annotations("t-1")
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        pytest.param(
+            "patch_job",
+            InvalidSpecError('admission webhook "audit" denied the request (HTTP 422)', 422),
+            id="claim-denied-by-a-webhook",
+        ),
+        pytest.param(
+            "release_job",
+            PermanentKubeError("release Job t-1: forbidden by policy (HTTP 400)", 400),
+            id="release-refused",
+        ),
+        pytest.param("list_pods", RuntimeError("a defect"), id="defect"),
+    ],
+)
+def test_finalize_retries_a_permanent_failure_instead_of_ending_silently(
+    worker: Worker, call: str, error: Exception
+) -> None:
+    name, uid = ended_job(worker.kube)
+    worker.kube.fail_next(call, error)  # type: ignore[arg-type]
+
+    with pytest.raises(Retry):
+        worker.finalize(name, uid)
+    assert worker.kube.get_job("t-1") is not None  # still there to be answered
+
+
+def test_finalize_answers_a_deleted_job_and_retries_if_the_broker_refuses(worker: Worker) -> None:
+    worker.publisher = worker.app.dispatcher.publisher = FakePublisher(error=MessageNacked())
+
+    with pytest.raises(Retry):
+        worker.finalize("t-1", "uid-1", {"job-dispatcher.io/reply-to": "replies"})
+
+
+def test_logs_that_keep_failing_are_given_up_after_a_bounded_time(worker: Worker) -> None:
+    name, uid = ended_job(worker.kube)
+    worker.kube.logs["t-1-x7k2p"] = TransientKubeError("read the log: HTTP 502", 502)
+
+    with pytest.raises(Retry):
+        worker.finalize(name, uid, retries=LOG_ATTEMPTS - 1)
+    assert worker.finalize(name, uid, retries=LOG_ATTEMPTS) == "answered"
+    assert worker.publisher.responses == [Response(id="t-1", exit=0, error=LOGS_UNAVAILABLE)]
