@@ -1,12 +1,14 @@
 """Benchmarks of the dispatcher on the local stack, printed as tables.
 
-    make bench            # all of them (about 3 minutes)
-    python bench/run.py parse intake e2e memory
+    make bench            # all of them (about 9 minutes)
+    python bench/run.py parse intake e2e memory burst
 
 - parse:  task parsing in-process (no I/O), tasks per second.
 - intake: invalid messages answered per second through RabbitMQ (consumer + response path).
 - e2e:    tasks from publish to response through real Jobs: latency percentiles and throughput.
 - memory: worker resident memory while many Jobs run (no slot or thread is held per Job).
+- burst:  500 x `sleep 5` at once with default settings, 25 times what the node runs at once:
+          answered / wrong / duplicates, makespan against the ideal, submit and create rates.
 
 Every load is bounded in count and time and goes only to the local stack.
 """
@@ -14,6 +16,7 @@ Every load is bounded in count and time and goes only to the local stack.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -21,8 +24,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.burst import (
+    JobMonitor,
+    ideal_makespan,
+    node_slots,
+    run_burst,
+    submit_seconds,
+    task_queue_depth,
+)
 from tests.support.stack import LOCAL, Broker, Instance, Worker, kubectl, running, stack_env
 
+from dispatcher.config import Settings
 from dispatcher.messages.task import parse_task
 
 LOG_DIR = LOCAL / "logs" / "bench"
@@ -193,7 +205,76 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.5)
 
 
-BENCHES = {"parse": bench_parse, "intake": bench_intake, "e2e": bench_e2e, "memory": bench_memory}
+def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
+    """A burst far larger than the node, with default settings (MAX_ACTIVE_JOBS, 100m cpu)."""
+    defaults = Settings.from_env({})
+    instance = Instance()
+    depths: list[int] = []
+    with running(instance, LOG_DIR) as (broker, worker):
+        alone = run_burst(broker, 1, seconds, timeout=120)  # one task on an idle node
+        overhead = alone.makespan - seconds
+        with JobMonitor(instance.env()) as jobs:
+            result = run_burst(
+                broker,
+                count,
+                seconds,
+                timeout=1800,
+                on_tick=lambda: depths.append(task_queue_depth(broker)),
+            )
+        submits = submit_seconds(worker)[1:]
+    slots = min(node_slots(defaults.job_cpu_request), defaults.max_active_jobs)
+    ideal = ideal_makespan(count, slots, seconds, overhead)
+    created = sorted(jobs.created.values())
+    first = created[: min(count, defaults.max_active_jobs)]
+    waits = [at - result.first_publish for at in created]
+    rows = [
+        ["tasks sent / answered", f"{result.sent} / {result.answered}"],
+        [
+            "wrong / duplicates / lost",
+            f"{len(result.wrong)} / {result.duplicates} / {len(result.lost)}",
+        ],
+        ["tasks the node runs at once (slots)", slots],
+        [
+            "one task alone, publish to response",
+            f"{alone.makespan:.1f} s ({overhead:.1f} s overhead)",
+        ],
+        ["makespan", f"{result.makespan:.1f} s"],
+        ["ideal: ceil(tasks / slots) x task + overhead of one task", f"{ideal:.1f} s"],
+        ["makespan / ideal", f"{result.makespan / ideal:.2f}"],
+        [
+            "time per wave of slots beyond the task itself",
+            f"{(result.makespan - overhead) / math.ceil(count / slots) - seconds:.1f} s",
+        ],
+        ["throughput", f"{result.answered / result.makespan * 60:.0f} tasks/min"],
+        [
+            "submit task p50 / p99",
+            f"{pct(submits, 0.5) * 1000:.0f} / {pct(submits, 0.99) * 1000:.0f} ms",
+        ],
+        [
+            f"first {len(first)} Jobs created",
+            f"in {first[-1] - first[0]:.2f} s ({(len(first) - 1) / (first[-1] - first[0]):.0f}/s)",
+        ],
+        ["publish to Job created p50 / p99", f"{pct(waits, 0.5):.1f} / {pct(waits, 0.99):.1f} s"],
+        [
+            "most active Jobs at once (MAX_ACTIVE_JOBS)",
+            f"{jobs.max_active} ({defaults.max_active_jobs})",
+        ],
+        ["deepest task queue seen", max(depths, default=0)],
+    ]
+    table(
+        f"burst: {count} x `sleep {seconds:g}` at once, default settings, single 2-core node",
+        ["measure", "result"],
+        rows,
+    )
+
+
+BENCHES = {
+    "parse": bench_parse,
+    "intake": bench_intake,
+    "e2e": bench_e2e,
+    "memory": bench_memory,
+    "burst": bench_burst,
+}
 
 
 def main(argv: list[str]) -> None:

@@ -182,5 +182,8 @@ def node_slots(cpu_request: str = "100m") -> int:
 
 
 def ideal_makespan(count: int, slots: int, seconds: float, overhead: float) -> float:
-    """Waves of `slots` tasks, each wave as long as one task alone (its run plus overhead)."""
-    return math.ceil(count / slots) * (seconds + overhead)
+    """The least time any dispatcher needs on this node: ceil(count / slots) waves of `slots`
+    tasks back to back, each as long as the task itself, plus once the overhead of one task
+    alone (publish, Job, pod start, logs, response), as if pod start and answer cost nothing
+    between waves."""
+    return math.ceil(count / slots) * seconds + overhead
