@@ -147,3 +147,33 @@ def test_releasing_a_deleted_job_drops_only_our_finalizer_and_then_it_is_gone(
     finally:
         kube.release_job(name, ours, {})
         kube.release_job(name, other, {})
+
+
+def test_a_list_larger_than_one_page_is_read_whole(kube: KubeClient) -> None:
+    label = "page-" + uuid.uuid4().hex[:8]
+    names = [f"{label}-{i}" for i in range(5)]
+    for name in names:
+        kube.create_job(
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": name, "labels": {"test": label}},
+                "spec": {
+                    "suspend": True,
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "task", "image": stack_env()["TEST_IMAGE"]}],
+                        }
+                    },
+                },
+            }
+        )
+    try:
+        items, version = kube.list_objects("jobs", f"test={label}", page_size=2)
+
+        assert sorted(job["metadata"]["name"] for job in items) == names
+        assert int(version) > 0
+    finally:
+        for name in names:
+            kube.delete_job(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import httpx2
 import pytest
 
 from dispatcher.errors import (
@@ -19,6 +20,7 @@ from dispatcher.errors import (
     TaskConflictError,
     TransientKubeError,
 )
+from dispatcher.kube.client import error_from_response
 
 
 @pytest.mark.parametrize(
@@ -108,3 +110,28 @@ def test_errors_survive_pickling_between_processes(error: DispatcherError) -> No
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert vars(copy) == vars(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        pytest.param(401, TransientKubeError, id="401-token-rotated"),
+        pytest.param(429, TransientKubeError, id="429"),
+        pytest.param(503, TransientKubeError, id="503"),
+        pytest.param(400, PermanentKubeError, id="400"),
+        pytest.param(403, ForbiddenError, id="403"),
+        pytest.param(404, NotFoundError, id="404"),
+        pytest.param(409, ConflictError, id="409"),
+        pytest.param(422, InvalidSpecError, id="422"),
+    ],
+)
+def test_api_answers_map_to_the_error_that_decides_the_retry(
+    status: int, cls: type[KubeError]
+) -> None:
+    answer = httpx2.Response(status, json={"kind": "Status", "message": "the server's reason"})
+
+    error = error_from_response(answer, "create Job t-1")
+
+    assert type(error) is cls
+    assert str(error) == f"create Job t-1: the server's reason (HTTP {status})"
+    assert error.status == status

@@ -402,6 +402,21 @@ def test_a_relist_forgets_active_jobs_whose_deletion_was_missed() -> None:
     assert react.active_jobs() == 1
 
 
+def test_a_relist_forgets_every_job_it_no_longer_finds() -> None:
+    react, _ = reactor()
+    kube = FakeKube()
+    jobs = []
+    for number in range(5):
+        create_job_for(kube, dataclasses.replace(TASK, id=f"t-{number}"))
+        jobs.append(kube.update_status(f"t-{number}", COMPLETE))
+        react.on_job("MODIFIED", jobs[-1])  # ended: handed to finalize
+    assert react.remembered() == 5
+
+    react.jobs_listed(jobs[4:])  # the DELETED events of four were missed
+
+    assert react.remembered() == 1
+
+
 def test_every_job_event_tells_admission_the_job_exists() -> None:
     react, _, seen = queueing_reactor(3600)
     running, ended = job_states(RUNNING, COMPLETE)

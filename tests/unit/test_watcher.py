@@ -286,7 +286,7 @@ def test_error_event_backs_off_and_stop_cuts_the_backoff_short() -> None:
 
 def test_backoff_starts_over_after_the_watch_recovered(caplog: pytest.LogCaptureFixture) -> None:
     refused = TransientKubeError("list jobs: ConnectError: [Errno 111] Connection refused")
-    reset = TransientKubeError("watch jobs: RemoteProtocolError: peer closed connection")
+    reset = KubeError("watch error: etcdserver: request timed out (code 500)")
     lister = ScriptedLister(
         [refused, ([], "100")],
         [[event("ADDED", "t-1", "101")], [STOP, reset]],  # recovered; much later, one blip
@@ -297,3 +297,49 @@ def test_backoff_starts_over_after_the_watch_recovered(caplog: pytest.LogCapture
         watcher.run()  # waits out one real 1 s backoff
 
     assert caplog.messages[-1] == f"watch of jobs failed: {reset}; retrying in 1.0 s (attempt 1)"
+
+
+@pytest.fixture
+def quick_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dispatcher.kube.watcher.RESUME_DELAY_SECONDS", 0.01)
+
+
+@pytest.mark.usefixtures("quick_resume")
+def test_a_cut_stream_is_resumed_from_the_last_event_without_listing_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reset = TransientKubeError("watch jobs: RemoteProtocolError: peer closed connection")
+    lister = ScriptedLister(
+        [([], "100")],
+        [[event("ADDED", "t-1", "101"), reset], [reset], [event("MODIFIED", "t-1", "103")]],
+    )
+    watcher, handler, restarts = watcher_for(lister)
+
+    with caplog.at_level(logging.WARNING, logger="dispatcher.kube.watcher"):
+        watcher.run()
+
+    assert handler.seen == [("ADDED", "t-1"), ("MODIFIED", "t-1")]
+    assert lister.watched_from == ["100", "101", "101", "103"]
+    assert lister.lists == 1
+    assert restarts == ["resumed", "resumed"]
+    assert watcher.established.is_set()
+    assert caplog.messages[0] == (
+        f"watch of jobs broke: {reset}; resuming from resourceVersion 101 in 0.0 s"
+    )
+
+
+@pytest.mark.usefixtures("quick_resume")
+def test_a_stream_that_keeps_breaking_is_listed_again() -> None:
+    reset = TransientKubeError("watch jobs: RemoteProtocolError: peer closed connection")
+    lister = ScriptedLister(
+        [([], "100"), ([job("t-1", "150")], "200")],
+        [[reset], [reset], [reset], [reset], [STOP]],
+    )
+    watcher, handler, restarts = watcher_for(lister)
+
+    watcher.run()  # waits out one real 1 s backoff
+
+    assert lister.lists == 2
+    assert lister.watched_from == ["100", "100", "100", "100", "200"]
+    assert restarts == ["resumed", "resumed", "resumed", "error"]
+    assert handler.seen == [("LISTED", "t-1")]

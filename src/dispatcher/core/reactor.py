@@ -86,12 +86,20 @@ class Reactor:
             return len(self._active.keys() - self._started)
 
     def jobs_listed(self, jobs: Iterable[dict[str, Any]]) -> None:
-        """After a (re-)list: forget every active Job the API server no longer holds."""
+        """After a (re-)list: forget every Job the API server no longer holds, so a missed
+        deletion neither keeps a Job counted as active nor its uid remembered forever."""
         present = {job.get("metadata", {}).get("uid", "") for job in jobs}
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
-                self._started.discard(uid)
+            for seen in (self._finishing, self._not_created, self._timed_out, self._started):
+                seen.intersection_update(present)
+
+    def remembered(self) -> int:
+        """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
+        with self._lock:
+            sets = (self._finishing, self._not_created, self._timed_out, self._started)
+            return len(set(self._active).union(*sets))
 
     # -- Jobs -----------------------------------------------------------------------------------
 

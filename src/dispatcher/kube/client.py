@@ -41,7 +41,10 @@ _PATHS = {
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
 }
-_TRANSIENT_STATUSES = {429, 500, 502, 503, 504}
+LIST_PAGE_SIZE = 500
+# 401 too: a service account token the kubelet has just rotated (lightkube re-reads the token
+# file once by itself; a 401 that persists is retried with backoff rather than answered).
+_TRANSIENT_STATUSES = {401, 429, 500, 502, 503, 504}
 _PERMANENT_BY_STATUS: dict[int, type[KubeError]] = {
     403: ForbiddenError,
     404: NotFoundError,
@@ -220,11 +223,19 @@ class KubeClient:
     # -- list + watch -------------------------------------------------------------------------
 
     def list_objects(
-        self, kind: str, selector: str, fields: str = ""
+        self, kind: str, selector: str, fields: str = "", *, page_size: int = LIST_PAGE_SIZE
     ) -> tuple[list[KubeObject], str]:
-        params = {"labelSelector": selector, "fieldSelector": fields}
-        data = self._json("GET", self._path(kind), f"list {kind}", params=params)
-        return list(data.get("items") or []), str(data["metadata"]["resourceVersion"])
+        """Every matching object, read in pages of `page_size` (one consistent snapshot), and
+        the snapshot's resourceVersion to watch from."""
+        params = {"labelSelector": selector, "fieldSelector": fields, "limit": str(page_size)}
+        items: list[KubeObject] = []
+        while True:
+            data = self._json("GET", self._path(kind), f"list {kind}", params=params)
+            items += data.get("items") or []
+            token = data["metadata"].get("continue")
+            if not token:
+                return items, str(data["metadata"]["resourceVersion"])
+            params = {**params, "continue": token}
 
     def watch_objects(
         self,

@@ -2,9 +2,10 @@
 
 Split as kopf does it: `run` reconnects forever with backoff; `_list_then_watch` lists, hands
 every object to the handler (this is how Jobs that ended while the dispatcher was down are
-found), then watches from the list's resourceVersion and re-lists on 410 Gone; each watch request
-is one bounded stream with bookmarks. A stream that ends quietly only means "watch again" —
-never that a Job failed.
+found), then watches from the list's resourceVersion and re-lists on 410 Gone; a stream cut by a
+transient error is resumed from the last resourceVersion seen (a few times, then it lists again);
+each watch request is one bounded stream with bookmarks. A stream that ends quietly only means
+"watch again" — never that a Job failed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher.errors import KubeError
+from dispatcher.errors import KubeError, TransientKubeError
 from dispatcher.kube.lister import Lister
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,10 @@ Handler = Callable[[str, dict[str, Any]], None]
 """Called with (event type, object): ADDED/MODIFIED/DELETED, or LISTED for the initial list."""
 
 MAX_BACKOFF_SECONDS = 30.0
+RESUME_ATTEMPTS = 3
+"""A watch stream cut by a transient error is resumed from the last resourceVersion this many
+times in a row (after RESUME_DELAY_SECONDS, doubling) before the watcher lists everything again."""
+RESUME_DELAY_SECONDS = 1.0
 
 
 class WatchExpiredError(Exception):
@@ -59,6 +64,7 @@ class Watcher:
         self._stopping = threading.Event()
         self._failures = 0
         self._handler_failed = False
+        self._version = ""
         self.established = threading.Event()
 
     def stop(self) -> None:
@@ -99,15 +105,32 @@ class Watcher:
         if not self._handler_failed:
             self._failures = 0  # all is well again: the next failure backs off from the start
         self.established.set()
+        self._version, broken = version, 0
         while not self._stopping.is_set() and not self._handler_failed:
-            version = self._watch_once(version)
+            try:
+                self._watch_once()
+                broken = 0
+            except TransientKubeError as exc:  # a cut connection: resume, do not re-list
+                broken += 1
+                if broken > RESUME_ATTEMPTS:
+                    raise
+                delay = RESUME_DELAY_SECONDS * 2 ** (broken - 1)
+                log.warning(
+                    "watch of %s broke: %s; resuming from resourceVersion %s in %.1f s",
+                    self.kind,
+                    exc,
+                    self._version,
+                    delay,
+                )
+                self._restart("resumed")
+                self._stopping.wait(delay)
         if self._handler_failed:
             raise HandlerFailedError("an event could not be handled")
 
-    def _watch_once(self, version: str) -> str:
-        """One watch request; returns the resourceVersion to continue from."""
+    def _watch_once(self) -> None:
+        """One watch request from `self._version`, which follows every event received."""
         stream = self._kube.watch_objects(
-            self.kind, self._selector, version, self._timeout, self._fields
+            self.kind, self._selector, self._version, self._timeout, self._fields
         )
         for event in stream:
             if self._stopping.is_set():
@@ -116,12 +139,11 @@ class Watcher:
             obj = event.get("object") or {}
             if kind == "ERROR":
                 raise _error_event(obj)
-            version = obj.get("metadata", {}).get("resourceVersion") or version
             if kind != "BOOKMARK":
                 self._handle(str(kind), obj)
                 if self._handler_failed:
                     break
-        return version
+            self._version = obj.get("metadata", {}).get("resourceVersion") or self._version
 
     def _handle(self, event_type: str, obj: dict[str, Any]) -> None:
         """A failing handler (for example: the broker is away) neither stops the other objects

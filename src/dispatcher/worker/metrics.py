@@ -74,7 +74,7 @@ class Metrics:
         )
         self.watch_restarts = Counter(
             "dispatcher_watch_restarts",
-            "Watch streams restarted after an error or 410 Gone, by resource.",
+            "Watch streams restarted, by resource and reason (resumed, error, expired).",
             ["resource", "reason"],
             registry=r,
         )
