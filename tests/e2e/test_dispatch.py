@@ -244,7 +244,7 @@ INVALID = [
     ),
     pytest.param(
         b'{"id": "big", "pad": "' + b"x" * 70000 + b'"}',
-        None,
+        "big",
         "message: is 70",
         id="oversized",
     ),

@@ -367,6 +367,10 @@ def test_digest_differs_for_different_tasks(changes: dict[str, Any]) -> None:
     assert parse_task(body(**changes)).digest() != parse_task(body()).digest()
 
 
+HUGE = b'"' + b"x" * 100000 + b'"'
+HUGE_ID_FIRST = b'{"id": "t-9", "args": [' + HUGE + b"]}"
+
+
 @pytest.mark.parametrize(
     ("raw", "task_id"),
     [
@@ -380,6 +384,14 @@ def test_digest_differs_for_different_tasks(changes: dict[str, Any]) -> None:
         pytest.param(b"{", None, id="not-json"),
         pytest.param(b"\xff\xfe\x00", None, id="not-utf8"),
         pytest.param(b"[" * 100000, None, id="too-deep"),
+        pytest.param(HUGE_ID_FIRST, "t-9", id="oversized-id-first"),
+        pytest.param(HUGE_ID_FIRST.decode(), "t-9", id="oversized-str-body"),
+        pytest.param(b'  {\n "image" : "a", "id":"t-9",' + HUGE, "t-9", id="oversized-id-second"),
+        pytest.param(b'{"args": [' + HUGE + b'], "id": "t-9"}', None, id="oversized-id-after-cut"),
+        pytest.param(b'{"id": 5, "x": ' + HUGE, None, id="oversized-id-not-string"),
+        pytest.param(b'{"id" "t-9", ' + HUGE, None, id="oversized-not-json"),
+        pytest.param(b"[" + HUGE, None, id="oversized-not-object"),
+        pytest.param(b"[" * 200000, None, id="oversized-too-deep"),
     ],
 )
 def test_peek_task_id_reads_what_it_can_and_never_raises(

@@ -23,7 +23,7 @@ from dispatcher.kube.conventions import RESPONDED_ANNOTATION
 from dispatcher.messages.response import Response
 from dispatcher.worker.app import create_app
 from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS
-from dispatcher.worker.tasks import INTERNAL_ERROR
+from dispatcher.worker.tasks import API_UNAVAILABLE, INTERNAL_ERROR
 from tests.unit.fakes import (
     COMPLETE,
     SETTINGS,
@@ -115,9 +115,7 @@ def test_kubernetes_unavailable_is_retried_then_answered(worker: Worker) -> None
 
     worker.kube.fail_next("create_job", outage)
     assert worker.submit(task_document(), retries=MAX_ATTEMPTS) == "rejected"
-    assert worker.publisher.responses == [
-        Response(id="t-1", error=f"Kubernetes API unavailable: {outage}")
-    ]
+    assert worker.publisher.responses == [Response(id="t-1", error=API_UNAVAILABLE)]
 
 
 def test_a_defect_while_submitting_is_answered_not_dropped(worker: Worker) -> None:

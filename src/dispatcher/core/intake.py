@@ -58,8 +58,8 @@ def take(
     except InvalidTaskError as exc:
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
         digest = hashlib.sha256(raw).hexdigest()[:16]
-        # An invalid id is still echoed (when it is a short string) so the sender can match it.
-        small = len(raw) <= settings.max_task_bytes  # never parse an oversized body
-        response = error_response(exc, exc.task_id or (peek_task_id(raw) if small else None))
+        # An invalid id is still echoed (when it is a short string) so the sender can match it;
+        # of an oversized body only the head is read for it.
+        response = error_response(exc, exc.task_id or peek_task_id(raw))
         return Rejected(response, route, f"invalid.{digest}")
     return Accepted(task, route)

@@ -24,6 +24,7 @@ MAX_IMAGE_LENGTH: Final = 512
 MAX_PATH_LENGTH: Final = 1024
 MAX_LIST_ITEMS: Final = 1024
 _PEEK_ID_LENGTH: Final = 253
+PEEK_HEAD_BYTES: Final = 65536
 
 _ID = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -106,17 +107,55 @@ def parse_task(
 
 
 def peek_task_id(body: bytes | str) -> str | None:
-    """Best effort: the string ``id`` of a JSON object body (at most 253 chars), else None."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError, TypeError):
-        return None
-    if not isinstance(document, dict):
-        return None
-    task_id = document.get("id")
+    """Best effort: the string ``id`` of a JSON object body (at most 253 chars), else None.
+
+    Reads at most the first PEEK_HEAD_BYTES of the body, so an oversized message costs no more
+    than a small one: a body longer than that is scanned key by key from its start, and its id
+    is found when it comes before the cut (producers put it first)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if len(raw) > PEEK_HEAD_BYTES:
+        task_id = _scan_head_for_id(raw[:PEEK_HEAD_BYTES].decode("utf-8", "ignore"))
+    else:
+        try:
+            document = json.loads(raw)
+        except (ValueError, RecursionError, TypeError):
+            return None
+        task_id = document.get("id") if isinstance(document, dict) else None
     if isinstance(task_id, str) and len(task_id) <= _PEEK_ID_LENGTH:
         return task_id
     return None
+
+
+def _scan_head_for_id(head: str) -> object:
+    """The value of the first top-level ``id`` key in the cut-off JSON object text `head`."""
+    decoder = json.JSONDecoder()
+    at = _skip_space(head, 0)
+    if head[at : at + 1] != "{":
+        return None
+    at += 1
+    try:
+        while True:
+            at = _skip_space(head, at)
+            key, at = decoder.raw_decode(head, at)
+            at = _skip_space(head, at)
+            if not isinstance(key, str) or head[at : at + 1] != ":":
+                return None
+            at = _skip_space(head, at + 1)
+            value, at = decoder.raw_decode(head, at)
+            if key == "id":
+                return value
+            at = _skip_space(head, at)
+            if head[at : at + 1] != ",":
+                return None
+            at += 1
+    except (ValueError, RecursionError):  # cut off before an id, or not JSON
+        return None
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\n\r":  # JSON's whitespace
+        at += 1
+    return at
 
 
 def _json_type(value: object) -> str:

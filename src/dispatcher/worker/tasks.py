@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 BROKER_ERRORS = (KombuError, OperationalError, MessageNacked, ConnectionError, OSError)
 INTERNAL_ERROR = "internal error of the dispatcher; its log has the details"
+API_UNAVAILABLE = (
+    "the Kubernetes API stayed unavailable for about seven minutes of retries; the task did not run"
+)
 
 
 def register_tasks(app: Celery) -> None:
@@ -115,7 +118,8 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
                 MAX_ATTEMPTS,
             )
             _retry(self, exc, delay)
-        error = f"Kubernetes API unavailable: {exc}"
+        log.warning("creating Job %s failed for good: %s", parsed.id, exc)
+        error = API_UNAVAILABLE  # the transport details stay in the log
     except TaskConflictError as exc:
         error = str(exc)
     except KubeError as exc:
