@@ -137,13 +137,20 @@ class FakeKube:
         return copy.deepcopy(patched)
 
     def release_job(
-        self, name: str, finalizer: str, annotations: Mapping[str, str]
+        self,
+        name: str,
+        finalizer: str,
+        annotations: Mapping[str, str],
+        *,
+        resource_version: str | None = None,
     ) -> KubeObject | None:
         """Set the annotations and drop the finalizer; a Job being deleted then goes."""
         self._enter("release_job")
         job = self.jobs.get(name)
         if job is None:
             return None
+        if resource_version is not None and resource_version != job["metadata"]["resourceVersion"]:
+            raise ConflictError(f"release Job {name}: the object has been modified (HTTP 409)", 409)
         released = copy.deepcopy(job)
         meta = released["metadata"]
         meta.setdefault("annotations", {}).update(annotations)

@@ -64,11 +64,18 @@ def claim(kube: FakeKube, value: str) -> KubeObject:
     return kube.patch_job("t-1", {"metadata": {"annotations": {CLAIM_ANNOTATION: value}}})
 
 
-def run(kube: FakeKube, publisher: FakePublisher, job: KubeObject, holder: str = HOLDER) -> Result:
+def run(
+    kube: FakeKube,
+    publisher: FakePublisher,
+    job: KubeObject,
+    holder: str = HOLDER,
+    attempt: int = 0,
+) -> Result:
+    """One execution (`attempt` 0 is the first, then the retries) of a finalize task."""
     return finalize(
         job["metadata"]["name"],
         job["metadata"]["uid"],
-        Context(kube, publisher, SETTINGS, holder),
+        Context(kube, publisher, SETTINGS, holder, attempt=attempt, clock=lambda: NOW),
         now=NOW,
     )
 
@@ -229,7 +236,7 @@ def test_response_is_published_before_the_job_is_marked_responded_and_deleted() 
     (seen,) = job_when_published
     assert seen is not None
     assert RESPONDED_ANNOTATION not in seen["metadata"]["annotations"]
-    assert seen["metadata"]["annotations"][CLAIM_ANNOTATION] == f"{HOLDER} {NOW_TEXT}"
+    assert seen["metadata"]["annotations"][CLAIM_ANNOTATION] == f"{HOLDER}#0 {NOW_TEXT}"
     assert kube.get_job("t-1") is None
     assert kube.annotations("t-1")[RESPONDED_ANNOTATION] == NOW_TEXT
 
@@ -244,7 +251,7 @@ def test_failed_publish_leaves_the_job_unmarked_and_a_retry_answers_it() -> None
     assert kube.get_job("t-1") is not None
 
     publisher = FakePublisher()
-    result = run(kube, publisher, job)
+    result = run(kube, publisher, job, attempt=1)  # the retry
 
     assert result.state is Finalized.ANSWERED
     assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
@@ -259,7 +266,7 @@ def test_a_repeated_answer_after_a_crash_carries_the_same_message_id() -> None:
     with pytest.raises(TransientKubeError):  # published, then lost before marking the Job
         run(kube, first, job)
     retry = FakePublisher()
-    run(kube, retry, job)
+    run(kube, retry, job, attempt=1)
 
     assert [item.message_id for item in first.published + retry.published] == [
         MESSAGE_ID,
@@ -430,7 +437,7 @@ def test_fresh_claim_of_another_worker_is_respected(held_by: str) -> None:
     "held_by",
     [
         pytest.param("worker-b/3 2025-01-10T10:07:59Z", id="expired-claim-of-another-worker"),
-        pytest.param(f"{HOLDER} 2025-01-10T10:09:30Z", id="own-claim-from-an-earlier-attempt"),
+        pytest.param(f"{HOLDER}#0 2025-01-10T10:09:30Z", id="own-claim-from-an-earlier-attempt"),
         pytest.param("worker-b/3 yesterday", id="unreadable-claim"),
     ],
 )
@@ -439,11 +446,11 @@ def test_expired_or_own_claim_is_taken_over(held_by: str) -> None:
     ended_job(kube)
     job = claim(kube, held_by)
 
-    result = run(kube, publisher, job)
+    result = run(kube, publisher, job, attempt=1)
 
     assert result.state is Finalized.ANSWERED
     assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
-    assert kube.annotations("t-1")[CLAIM_ANNOTATION] == f"{HOLDER} {NOW_TEXT}"
+    assert kube.annotations("t-1")[CLAIM_ANNOTATION] == f"{HOLDER}#1 {NOW_TEXT}"
 
 
 def test_losing_the_claim_race_publishes_nothing_and_asks_to_look_again() -> None:
@@ -471,6 +478,65 @@ def test_a_claim_lost_to_an_unrelated_update_is_tried_again_at_once() -> None:
 
     assert result.state is Finalized.ANSWERED
     assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+
+
+@pytest.mark.parametrize(
+    ("held_by", "attempt"),
+    [
+        pytest.param(f"{HOLDER}#0 2025-01-10T10:09:30Z", 0, id="a-redelivered-copy"),
+        pytest.param(f"{HOLDER}#2 2025-01-10T10:09:30Z", 1, id="a-later-attempt"),
+        pytest.param(f"{HOLDER} 2025-01-10T10:09:30Z", 1, id="no-attempt-in-the-claim"),
+    ],
+)
+def test_a_copy_of_the_same_finalize_task_running_at_once_is_a_rival(
+    held_by: str, attempt: int
+) -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    job = claim(kube, held_by)
+
+    result = run(kube, publisher, job, attempt=attempt)
+
+    assert result.state is Finalized.CLAIMED
+    assert publisher.published == []
+
+
+def test_a_claim_taken_over_while_the_logs_were_read_is_not_answered_twice() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    rival = "worker-b/3/f-9#0 2025-01-10T10:12:01Z"  # ours had expired: the log read was slow
+    kube.before_next("read_log", lambda: claim(kube, rival))
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.CLAIMED
+    assert publisher.published == []
+    assert kube.annotations("t-1")[CLAIM_ANNOTATION] == rival
+    assert RESPONDED_ANNOTATION not in kube.annotations("t-1")
+
+
+def test_an_update_that_is_no_claim_does_not_stop_the_answer() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    kube.before_next("read_log", lambda: kube.update_status("t-1", COMPLETE))  # the controller
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert len(publisher.published) == 1
+    assert kube.get_job("t-1") is None
+
+
+def test_a_job_deleted_while_it_was_answered_is_marked_before_it_goes() -> None:
+    kube = FakeKube()
+    job = ended_job(kube)
+    publisher = FakePublisher(on_publish=lambda _: kube.delete_job("t-1"))  # someone, meanwhile
+
+    result = run(kube, publisher, job)
+
+    assert result.state is Finalized.ANSWERED
+    assert kube.get_job("t-1") is None
+    assert RESPONDED_ANNOTATION in kube.annotations("t-1")  # so its DELETED event says answered
 
 
 def test_another_finalize_task_of_the_same_worker_is_a_rival_too() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -79,6 +80,13 @@ class Context:
     settings: Settings
     holder: str  # identifies this finalize task (worker and task id) in the claim annotation
     logs_optional: bool = False  # answer without the logs if they still cannot be read
+    attempt: int = 0  # which execution of the finalize task this is (0 first, then retries)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @property
+    def claimant(self) -> str:
+        """This execution in a claim: a redelivered copy of the same attempt is a rival."""
+        return f"{self.holder}#{self.attempt}"
 
 
 def message_id(job_name: str, run: str) -> str:
@@ -89,7 +97,7 @@ def message_id(job_name: str, run: str) -> str:
 
 def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = None) -> Result:
     now = now or datetime.now(UTC)
-    for attempt in (1, 2):  # a claim lost to an unrelated update of the Job is tried once more
+    for round_ in (1, 2):  # a claim lost to an unrelated update of the Job is tried once more
         job = ctx.kube.get_job(job_name)
         if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
             return Result(Finalized.GONE)
@@ -101,9 +109,9 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
         if verdict is None:
             return Result(Finalized.RUNNING)
         claim = _claim(job, ctx, now)
-        if claim is _Claim.TAKEN:
-            return _answer_and_release(job, verdict, ctx, now)
-        if claim is _Claim.HELD_ELSEWHERE or attempt == 2:
+        if isinstance(claim, dict):
+            return _answer_and_release(claim, verdict, ctx, now)
+        if claim is _Claim.HELD_ELSEWHERE or round_ == 2:
             break
     return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
 
@@ -120,16 +128,40 @@ def _answer_and_release(
     job: dict[str, Any], verdict: Verdict, ctx: Context, now: datetime
 ) -> Result:
     job_name = job["metadata"]["name"]
-    _answer(job, verdict, ctx)
-    responded = {RESPONDED_ANNOTATION: _ts(now)}
-    if job["metadata"].get("deletionTimestamp"):
-        # Dropping the last finalizer of a terminating Job deletes it as it was before that
-        # patch: the DELETED event must already show it answered, or it would be answered again.
-        ctx.kube.patch_job(job_name, {"metadata": {"annotations": responded}})
-        responded = {}
-    _release(job_name, responded, ctx)
+    response = _response(job, verdict, ctx)
+    renewed = _renewed(job, ctx)
+    if renewed is None:  # the log read outlived the claim and another worker took it over
+        log.warning("claim on Job %s was taken over; leaving the answer to its holder", job_name)
+        return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
+    annotations = job["metadata"].get("annotations") or {}
+    ctx.publisher.publish(
+        response, _route(annotations), message_id(job_name, job["metadata"]["uid"])
+    )
+    _release_answered(renewed, ctx, now)
     log.info("answered Job %s: %s", job_name, verdict.outcome.name)
     return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
+
+
+def _release_answered(job: dict[str, Any], ctx: Context, now: datetime) -> None:
+    """Mark the Job answered and let go of it: in one patch while it is unchanged since it was
+    claimed; else, or when it is being deleted, mark it first and then drop the finalizer.
+    (Dropping the last finalizer of a terminating Job deletes it as it was *before* that patch,
+    and its DELETED event must show it answered, or it would be answered again.)"""
+    meta = job["metadata"]
+    responded = {RESPONDED_ANNOTATION: _ts(now)}
+    if not meta.get("deletionTimestamp"):
+        try:
+            released = ctx.kube.release_job(
+                meta["name"], ANSWER_FINALIZER, responded, resource_version=meta["resourceVersion"]
+            )
+        except ConflictError:
+            pass  # changed meanwhile, perhaps deleted: the two-step way below
+        else:
+            if released is not None:
+                ctx.kube.delete_job(meta["name"])
+            return
+    ctx.kube.patch_job(meta["name"], {"metadata": {"annotations": responded}})
+    _release(meta["name"], {}, ctx)
 
 
 def _release(job_name: str, annotations: dict[str, str], ctx: Context) -> None:
@@ -198,28 +230,56 @@ def _ours(job: dict[str, Any], ctx: Context) -> bool:
 
 
 class _Claim(enum.Enum):
-    TAKEN = "taken"
     HELD_ELSEWHERE = "held elsewhere"
     CONFLICT = "conflict"  # the Job changed since we read it
 
 
-def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> _Claim:
-    """Conditional patch on resourceVersion: exactly one concurrent finalizer wins."""
+def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, Any] | _Claim:
+    """Conditional patch on resourceVersion: exactly one concurrent finalizer wins, and gets
+    the claimed Job back (its resourceVersion fences the answer)."""
     meta = job["metadata"]
     current = (meta.get("annotations") or {}).get(CLAIM_ANNOTATION)
-    if current and not _claim_expired(current, now) and not current.startswith(ctx.holder + " "):
+    if current and not _claim_expired(current, now) and not _ours_earlier(current, ctx):
         return _Claim.HELD_ELSEWHERE
+    try:
+        return _patch_claim(job, ctx, now)
+    except ConflictError:
+        return _Claim.CONFLICT
+
+
+def _renewed(job: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
+    """Renew the claim just before publishing; the Job as renewed, or None when anyone else
+    claimed it meanwhile (an update that is not a claim is read past)."""
+    for _ in range(3):
+        try:
+            return _patch_claim(job, ctx, ctx.clock())
+        except ConflictError:
+            latest = ctx.kube.get_job(job["metadata"]["name"])
+            if latest is None or latest["metadata"].get("uid") != job["metadata"]["uid"]:
+                return None
+            current = (latest["metadata"].get("annotations") or {}).get(CLAIM_ANNOTATION, "")
+            if current.rsplit(" ", 1)[0] != ctx.claimant:
+                return None
+            job = latest
+    return None
+
+
+def _patch_claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, Any]:
+    meta = job["metadata"]
     patch = {
         "metadata": {
             "resourceVersion": meta["resourceVersion"],
-            "annotations": {CLAIM_ANNOTATION: f"{ctx.holder} {_ts(now)}"},
+            "annotations": {CLAIM_ANNOTATION: f"{ctx.claimant} {_ts(now)}"},
         }
     }
-    try:
-        ctx.kube.patch_job(meta["name"], patch)
-    except ConflictError:
-        return _Claim.CONFLICT
-    return _Claim.TAKEN
+    return ctx.kube.patch_job(meta["name"], patch)
+
+
+def _ours_earlier(claim: str, ctx: Context) -> bool:
+    """A claim left by an earlier execution of this same finalize task (which has ended: it
+    is retried only once it gave up)."""
+    base, _, attempt = claim.rsplit(" ", 1)[0].rpartition("#")
+    return base == ctx.holder and attempt.isdigit() and int(attempt) < ctx.attempt
 
 
 def _claim_expired(claim: str, now: datetime) -> bool:
@@ -230,9 +290,8 @@ def _claim_expired(claim: str, now: datetime) -> bool:
     return now - taken > CLAIM_TTL
 
 
-def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
+def _response(job: dict[str, Any], verdict: Verdict, ctx: Context) -> Response:
     meta = job["metadata"]
-    annotations = meta.get("annotations") or {}
     output = None
     error = verdict.error
     if verdict.pod_name is not None:
@@ -246,8 +305,7 @@ def _answer(job: dict[str, Any], verdict: Verdict, ctx: Context) -> None:
                 raise
             log.warning("giving up on the logs of Pod %s: %s", verdict.pod_name, exc)
             error = error or LOGS_UNAVAILABLE
-    response = Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
-    ctx.publisher.publish(response, _route(annotations), message_id(meta["name"], meta["uid"]))
+    return Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
 
 
 def _route(annotations: dict[str, str]) -> ReplyRoute:

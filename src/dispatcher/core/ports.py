@@ -27,7 +27,12 @@ class KubeGateway(Lister, Protocol):
     def patch_job(self, name: str, patch: Mapping[str, Any]) -> KubeObject: ...
 
     def release_job(
-        self, name: str, finalizer: str, annotations: Mapping[str, str]
+        self,
+        name: str,
+        finalizer: str,
+        annotations: Mapping[str, str],
+        *,
+        resource_version: str | None = None,
     ) -> KubeObject | None: ...
 
     def delete_job(self, name: str) -> None: ...

@@ -151,17 +151,24 @@ class KubeClient:
         )
 
     def release_job(
-        self, name: str, finalizer: str, annotations: Mapping[str, str]
+        self,
+        name: str,
+        finalizer: str,
+        annotations: Mapping[str, str],
+        *,
+        resource_version: str | None = None,
     ) -> KubeObject | None:
         """Set `annotations` and drop `finalizer` from the Job in one patch (a strategic merge
-        patch: the Job's other finalizers stay). A Job being deleted goes once its last
-        finalizer does; None when the Job was already gone."""
-        patch = {
-            "metadata": {
-                "annotations": dict(annotations),
-                "$deleteFromPrimitiveList/finalizers": [finalizer],
-            }
+        patch: the Job's other finalizers stay), only if it is still at `resource_version` when
+        one is given (else ConflictError). A Job being deleted goes once its last finalizer
+        does; None when the Job was already gone."""
+        meta: dict[str, Any] = {
+            "annotations": dict(annotations),
+            "$deleteFromPrimitiveList/finalizers": [finalizer],
         }
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version
+        patch = {"metadata": meta}
         try:
             return self._json(
                 "PATCH",

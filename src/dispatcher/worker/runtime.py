@@ -62,8 +62,10 @@ class Runtime:
     def publisher(self) -> AmqpResponsePublisher:
         return AmqpResponsePublisher(self.app.producer_pool, self.settings)
 
-    def finalize_context(self, task_id: str, *, logs_optional: bool = False) -> Context:
-        """The claim holder names this worker and the finalize task, so two tasks of one
-        worker never both answer a Job."""
+    def finalize_context(
+        self, task_id: str, attempt: int, *, logs_optional: bool = False
+    ) -> Context:
+        """The claim holder names this worker, the finalize task and its attempt, so that two
+        tasks, or two copies of one task, never both answer a Job."""
         holder = f"{self.holder}/{task_id}"
-        return Context(self.kube, self.publisher, self.settings, holder, logs_optional)
+        return Context(self.kube, self.publisher, self.settings, holder, logs_optional, attempt)

@@ -143,7 +143,9 @@ def _finalize(
 ) -> str:
     runtime = self.app.dispatcher
     retries = self.request.retries
-    context = runtime.finalize_context(self.request.id, logs_optional=retries >= LOG_ATTEMPTS)
+    context = runtime.finalize_context(
+        self.request.id, retries, logs_optional=retries >= LOG_ATTEMPTS
+    )
     if deleted_annotations is not None:
         answer_deleted(job_name, job_uid, deleted_annotations, context)
         runtime.metrics.jobs_finished.labels("deleted").inc()
