@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kombu import Producer, Queue
 
+from dispatcher.cli import EXIT_TIMEOUT
 from tests.support.stack import Broker, Worker, kubectl, stack_env
 
 pytestmark = pytest.mark.cluster
@@ -313,6 +314,37 @@ def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
     assert result.returncode == 4, result.stderr
     assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-cli\n", "exit": 4}
     assert broker.no_more_responses(1) == []  # answered on the caller's reply queue only
+
+
+def test_submit_wait_run_again_after_a_timeout_gets_the_answer_and_none_is_dropped(
+    dispatcher: Dispatcher, tmp_path: Path
+) -> None:
+    broker, _ = dispatcher
+    sent = task("sleep 6; echo late")
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(sent))
+
+    def submit_wait(timeout: str) -> subprocess.CompletedProcess[str]:
+        command = ["submit", str(path), "--wait", "--timeout", timeout]
+        return subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", *command],
+            env=broker.instance.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    gave_up = submit_wait("1")  # its private reply queue goes with it
+    again = submit_wait("90")  # the same task: joins the running Job with its own route
+
+    assert gave_up.returncode == EXIT_TIMEOUT, gave_up.stderr
+    assert again.returncode == 0, again.stderr
+    answer = {"id": sent["id"], "output": "late\n", "exit": 0}
+    assert json.loads(again.stdout) == answer
+    # The first caller's queue no longer exists: its copy is kept on the response queue.
+    assert broker.response(timeout=30) == answer
+    assert broker.no_more_responses(2) == []
 
 
 def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_queue(

@@ -12,6 +12,7 @@ from dispatcher.config import Settings
 from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
+from dispatcher.kube.routes import with_route
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (
@@ -273,6 +274,46 @@ def test_a_repeated_answer_after_a_crash_carries_the_same_message_id() -> None:
         MESSAGE_ID,
     ]
     assert first.responses == retry.responses
+    assert kube.get_job("t-1") is None
+
+
+def join(kube: FakeKube, route: ReplyRoute) -> None:
+    """Another copy of the task joins the Job with a route of its own (as submit does)."""
+    more = with_route(kube.annotations("t-1"), route)
+    assert more is not None
+    kube.patch_job("t-1", {"metadata": {"annotations": more}})
+
+
+def test_every_route_that_asked_is_answered_once_with_its_own_message_id() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    first, second, third = ReplyRoute("c-1", "replies"), ReplyRoute("c-2", "q-2"), ReplyRoute("c-3")
+    job = ended_job(kube, route=first)
+    join(kube, second)
+    join(kube, third)
+
+    run(kube, publisher, job)
+
+    answer = Response(id="t-1", output="hello\n", exit=0)
+    assert publisher.published == [
+        Published(answer, first, MESSAGE_ID),
+        Published(answer, second, f"{MESSAGE_ID}.1"),
+        Published(answer, third, f"{MESSAGE_ID}.2"),
+    ]
+    assert kube.get_job("t-1") is None
+
+
+def test_a_copy_that_joins_while_the_answer_is_published_is_answered_too() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, route=ReplyRoute("c-1"))
+    late = ReplyRoute("c-late", "q-late")
+    kube.before_next("release_job", lambda: join(kube, late))
+
+    run(kube, publisher, job)
+
+    assert [(item.route, item.message_id) for item in publisher.published] == [
+        (ReplyRoute("c-1"), MESSAGE_ID),
+        (late, f"{MESSAGE_ID}.1"),
+    ]
     assert kube.get_job("t-1") is None
 
 

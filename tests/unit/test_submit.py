@@ -18,8 +18,10 @@ from dispatcher.errors import (
 from dispatcher.kube.conventions import (
     CORRELATION_ID_ANNOTATION,
     REPLY_TO_ANNOTATION,
+    RESPONDED_ANNOTATION,
     TASK_HASH_ANNOTATION,
 )
+from dispatcher.kube.routes import MAX_ROUTES, routes_of
 from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import SETTINGS, TASK, FakeKube
 
@@ -41,22 +43,58 @@ def test_new_task_creates_its_job() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == TASK.image
 
 
-@pytest.mark.parametrize(
-    "route",
-    [
-        pytest.param(ROUTE, id="same-delivery-again"),
-        pytest.param(ReplyRoute("c-43"), id="same-task-other-properties"),
-    ],
-)
-def test_same_task_delivered_again_joins_the_existing_job(route: ReplyRoute) -> None:
+def test_same_task_delivered_again_joins_the_existing_job() -> None:
     kube = FakeKube()
     submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
     before = kube.get_job("t-1")
 
-    assert submit(TASK, route, kube=kube, settings=SETTINGS) is Submitted.JOINED
+    assert submit(TASK, ROUTE, kube=kube, settings=SETTINGS) is Submitted.JOINED
 
     assert list(kube.jobs) == ["t-1"]
-    assert kube.get_job("t-1") == before  # the first delivery's Job and route are kept
+    assert kube.get_job("t-1") == before  # its route is answered already
+
+
+def test_a_copy_with_a_route_of_its_own_joins_and_adds_its_route() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    other, third = ReplyRoute("c-43", "amq.gen-second"), ReplyRoute("c-44")
+
+    assert submit(TASK, other, kube=kube, settings=SETTINGS) is Submitted.JOINED
+    assert submit(TASK, third, kube=kube, settings=SETTINGS) is Submitted.JOINED
+    assert submit(TASK, other, kube=kube, settings=SETTINGS) is Submitted.JOINED  # once only
+
+    assert list(kube.jobs) == ["t-1"]
+    assert routes_of(kube.annotations("t-1")) == [ROUTE, other, third]
+
+
+def test_a_copy_joining_while_another_changes_the_job_looks_again() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    rival = ReplyRoute("c-50")
+    kube.before_next("patch_job", lambda: submit(TASK, rival, kube=kube, settings=SETTINGS))
+
+    assert submit(TASK, ReplyRoute("c-51"), kube=kube, settings=SETTINGS) is Submitted.JOINED
+
+    assert routes_of(kube.annotations("t-1")) == [ROUTE, rival, ReplyRoute("c-51")]
+
+
+def test_a_copy_with_a_new_route_does_not_join_a_job_already_answered() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
+
+    with pytest.raises(TransientKubeError):  # retried: once the Job is gone, it runs anew
+        submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS)
+    assert submit(TASK, ROUTE, kube=kube, settings=SETTINGS) is Submitted.JOINED  # answered
+
+
+def test_a_job_takes_at_most_max_routes() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    for number in range(MAX_ROUTES + 5):
+        submit(TASK, ReplyRoute(f"c-{number}"), kube=kube, settings=SETTINGS)
+
+    assert len(routes_of(kube.annotations("t-1"))) == MAX_ROUTES
 
 
 def test_different_task_with_a_taken_id_is_a_conflict() -> None:

@@ -1,7 +1,9 @@
 """Publishes responses: persistent JSON, confirmed by the broker before `publish` returns.
 
-A response goes to the task's `reply_to` queue (through the default exchange) when the task
-message set one, otherwise to the response exchange with the response routing key.
+A response goes to the task's `reply_to` queue (through the default exchange, `mandatory`) when
+the task message set one, otherwise to the response exchange with the response routing key. A
+response the broker returns because the `reply_to` queue no longer exists (a client that gave up
+waiting) goes to the response exchange instead: it is never dropped silently.
 """
 
 from __future__ import annotations
@@ -30,29 +32,62 @@ class AmqpResponsePublisher:
         self._queue = response_queue(settings)
 
     def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None:
-        if route.reply_to:
-            exchange, routing_key, declare = "", route.reply_to, []
-        else:
-            exchange = self._settings.response_exchange_name
-            routing_key = self._settings.response_routing_key
-            declare = [self._queue]
         properties: dict[str, Any] = {"message_id": message_id}
         if route.correlation_id:
             properties["correlation_id"] = route.correlation_id
-        with self._pool.acquire(block=True, timeout=30) as producer:
-            producer.publish(
-                response.encode(),
-                exchange=exchange,
-                routing_key=routing_key,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                declare=declare,
-                retry=True,
-                retry_policy=RETRY_POLICY,
-                # A broker in a resource alarm never confirms: give up (and retry the task)
-                # instead of blocking the consumer's event loop past its heartbeats.
-                confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
-                **properties,
+        if route.reply_to and self._send(response, "", route.reply_to, properties, mandatory=True):
+            log.info("published response for %s to %s", response.id, route.reply_to)
+            return
+        if route.reply_to:  # returned: the reply queue is gone (its client left); keep it
+            log.warning(
+                "reply queue %s of %s no longer exists; the response goes to %s",
+                route.reply_to,
+                response.id,
+                self._settings.response_exchange_name,
             )
-        log.info("published response for %s to %s", response.id, routing_key)
+        exchange, key = self._settings.response_exchange_name, self._settings.response_routing_key
+        self._send(response, exchange, key, properties, declare=[self._queue])
+        log.info("published response for %s to %s", response.id, key)
+
+    def _send(
+        self,
+        response: Response,
+        exchange: str,
+        routing_key: str,
+        properties: dict[str, Any],
+        *,
+        mandatory: bool = False,
+        declare: list[Any] | None = None,
+    ) -> bool:
+        """Publish and wait for the broker's confirm; False when the broker returned the
+        message as unroutable (only asked for with `mandatory`)."""
+        returned: list[str] = []
+
+        def on_return(exc: Any, exchange: str, key: str, message: Any) -> None:
+            returned.append(key)
+
+        with self._pool.acquire(block=True, timeout=30) as producer:
+            # With confirms on, a return arrives before the confirm of the same message, so it
+            # is seen here before publish() returns.
+            events = producer.channel.events["basic_return"]
+            events.add(on_return)
+            try:
+                producer.publish(
+                    response.encode(),
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    mandatory=mandatory,
+                    declare=declare or [],
+                    retry=True,
+                    retry_policy=RETRY_POLICY,
+                    # A broker in a resource alarm never confirms: give up (and retry the task)
+                    # instead of blocking the consumer's event loop past its heartbeats.
+                    confirm_timeout=CONFIRM_TIMEOUT_SECONDS,
+                    **properties,
+                )
+            finally:
+                events.discard(on_return)
+        return routing_key not in returned

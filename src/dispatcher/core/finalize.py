@@ -26,8 +26,6 @@ from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CLAIM_ANNOTATION,
     CONTAINER_NAME,
-    CORRELATION_ID_ANNOTATION,
-    REPLY_TO_ANNOTATION,
     RESPONDED_ANNOTATION,
     owned_labels,
     pods_of_job,
@@ -48,12 +46,14 @@ from dispatcher.kube.outcome import (
     pod_stuck,
     unschedulable_message,
 )
+from dispatcher.kube.routes import routes_of
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = timedelta(minutes=2)
+RELEASE_ATTEMPTS = 5
 LOGS_UNAVAILABLE = "the task's logs could not be read: the Kubernetes API kept failing"
 
 
@@ -120,7 +120,7 @@ def answer_deleted(job_name: str, job_uid: str, annotations: dict[str, str], ctx
     """A Job that vanished unanswered — our finalizer was removed by hand, or the Job was made
     before the finalizer existed — still gets a response, without its last state."""
     response = Response(id=job_name, error=DELETED_ERROR)
-    ctx.publisher.publish(response, _route(annotations), message_id(job_name, job_uid))
+    _publish(response, annotations, message_id(job_name, job_uid), ctx, set())
     log.info("answered Job %s: deleted before it finished", job_name)
 
 
@@ -133,35 +133,62 @@ def _answer_and_release(
     if renewed is None:  # the log read outlived the claim and another worker took it over
         log.warning("claim on Job %s was taken over; leaving the answer to its holder", job_name)
         return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
-    annotations = job["metadata"].get("annotations") or {}
-    ctx.publisher.publish(
-        response, _route(annotations), message_id(job_name, job["metadata"]["uid"])
-    )
-    _release_answered(renewed, ctx, now)
+    base = message_id(job_name, job["metadata"]["uid"])
+    answered: set[ReplyRoute] = set()
+    _publish(response, _annotations(renewed), base, ctx, answered)
+    _release_answered(renewed, ctx, now, response=response, base_id=base, answered=answered)
     log.info("answered Job %s: %s", job_name, verdict.outcome.name)
     return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
 
 
-def _release_answered(job: dict[str, Any], ctx: Context, now: datetime) -> None:
-    """Mark the Job answered and let go of it: in one patch while it is unchanged since it was
-    claimed; else, or when it is being deleted, mark it first and then drop the finalizer.
-    (Dropping the last finalizer of a terminating Job deletes it as it was *before* that patch,
-    and its DELETED event must show it answered, or it would be answered again.)"""
-    meta = job["metadata"]
+def _publish(
+    response: Response,
+    annotations: dict[str, str],
+    base_id: str,
+    ctx: Context,
+    answered: set[ReplyRoute],
+) -> None:
+    """Publish `response` to every route of the Job not `answered` yet (and note them there).
+    Each route has its own stable message_id: the first route's is `base_id`."""
+    for index, route in enumerate(routes_of(annotations)):
+        if route not in answered:
+            ctx.publisher.publish(response, route, base_id if index == 0 else f"{base_id}.{index}")
+            answered.add(route)
+
+
+def _release_answered(
+    job: dict[str, Any],
+    ctx: Context,
+    now: datetime,
+    *,
+    response: Response,
+    base_id: str,
+    answered: set[ReplyRoute],
+) -> None:
+    """Mark the Job answered and let go of it, conditionally on the version whose routes were
+    answered: a copy of the task that joined meanwhile is answered too, then it is tried again.
+    While the Job is not being deleted, marking and dropping the finalizer is one patch; a
+    terminating Job is marked first (dropping its last finalizer deletes it as it was *before*
+    that patch, and its DELETED event must show it answered, or it would be answered again)."""
     responded = {RESPONDED_ANNOTATION: _ts(now)}
-    if not meta.get("deletionTimestamp"):
+    for _ in range(RELEASE_ATTEMPTS):
+        meta = job["metadata"]
+        name, version = meta["name"], meta["resourceVersion"]
         try:
-            released = ctx.kube.release_job(
-                meta["name"], ANSWER_FINALIZER, responded, resource_version=meta["resourceVersion"]
-            )
-        except ConflictError:
-            pass  # changed meanwhile, perhaps deleted: the two-step way below
-        else:
-            if released is not None:
-                ctx.kube.delete_job(meta["name"])
+            if meta.get("deletionTimestamp"):
+                patch = {"metadata": {"resourceVersion": version, "annotations": responded}}
+                ctx.kube.patch_job(name, patch)
+                _release(name, {}, ctx)
+            elif ctx.kube.release_job(name, ANSWER_FINALIZER, responded, resource_version=version):
+                ctx.kube.delete_job(name)
             return
-    ctx.kube.patch_job(meta["name"], {"metadata": {"annotations": responded}})
-    _release(meta["name"], {}, ctx)
+        except ConflictError:
+            latest = ctx.kube.get_job(name)
+            if latest is None or latest["metadata"].get("uid") != meta["uid"]:
+                return
+            _publish(response, _annotations(latest), base_id, ctx, answered)
+            job = latest
+    raise TransientKubeError(f"Job {job['metadata']['name']} kept changing while it was released")
 
 
 def _release(job_name: str, annotations: dict[str, str], ctx: Context) -> None:
@@ -308,11 +335,8 @@ def _response(job: dict[str, Any], verdict: Verdict, ctx: Context) -> Response:
     return Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
 
 
-def _route(annotations: dict[str, str]) -> ReplyRoute:
-    return ReplyRoute(
-        correlation_id=annotations.get(CORRELATION_ID_ANNOTATION),
-        reply_to=annotations.get(REPLY_TO_ANNOTATION),
-    )
+def _annotations(job: dict[str, Any]) -> dict[str, str]:
+    return dict(job["metadata"].get("annotations") or {})
 
 
 def _age(job: dict[str, Any], now: datetime) -> float | None:

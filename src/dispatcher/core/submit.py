@@ -1,7 +1,8 @@
 """Submit: turn a valid task into exactly one Kubernetes Job.
 
 Creating a Job whose name (the task id) is taken either joins it — the same task delivered
-twice, recognised by the task hash annotation — or is a conflict with a different task that
+twice, recognised by the task hash annotation; a copy with a reply route of its own adds it to
+the Job's routes with a conditional patch — or is a conflict with a different task that
 the caller must answer with an error. Kubernetes errors propagate as `KubeError`s; whether to
 retry is the caller's decision (transient vs permanent).
 """
@@ -14,12 +15,15 @@ import logging
 from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
-from dispatcher.kube.conventions import TASK_HASH_ANNOTATION
+from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION
 from dispatcher.kube.jobspec import build_job
+from dispatcher.kube.routes import with_route
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 log = logging.getLogger(__name__)
+
+JOIN_ATTEMPTS = 5
 
 
 class Submitted(enum.Enum):
@@ -28,7 +32,8 @@ class Submitted(enum.Enum):
 
 
 def submit(task: Task, route: ReplyRoute, *, kube: KubeGateway, settings: Settings) -> Submitted:
-    """Create the Job for `task`, or join the identical one that already exists.
+    """Create the Job for `task`, or join the identical one that already exists (and have its
+    answer sent to this task's route too).
 
     Raises TaskConflictError when a different task holds the id, and KubeError otherwise.
     """
@@ -36,17 +41,31 @@ def submit(task: Task, route: ReplyRoute, *, kube: KubeGateway, settings: Settin
     try:
         kube.create_job(manifest)
     except ConflictError:
-        return _join(task, kube)
+        return _join(task, route, kube)
     log.info("created Job %s for image %s", task.id, task.image)
     return Submitted.CREATED
 
 
-def _join(task: Task, kube: KubeGateway) -> Submitted:
-    existing = kube.get_job(task.id)
-    if existing is None:  # deleted between our create and get: try the create again
-        raise TransientKubeError(f"Job {task.id} was deleted while it was being created")
-    annotations = existing.get("metadata", {}).get("annotations") or {}
-    if annotations.get(TASK_HASH_ANNOTATION) == task.digest():
-        log.info("Job %s already exists for the same task; joining it", task.id)
+def _join(task: Task, route: ReplyRoute, kube: KubeGateway) -> Submitted:
+    for _ in range(JOIN_ATTEMPTS):
+        existing = kube.get_job(task.id)
+        if existing is None:  # deleted between our create and get: try the create again
+            raise TransientKubeError(f"Job {task.id} was deleted while it was being created")
+        meta = existing.get("metadata", {})
+        annotations = meta.get("annotations") or {}
+        if annotations.get(TASK_HASH_ANNOTATION) != task.digest():
+            raise TaskConflictError(task.id)
+        more = with_route(annotations, route)
+        if more is None:  # this route is answered already (or the Job has all it may have)
+            log.info("Job %s already exists for the same task; joining it", task.id)
+            return Submitted.JOINED
+        if RESPONDED_ANNOTATION in annotations:  # answered and going: run it anew when gone
+            raise TransientKubeError(f"Job {task.id} was answered while this copy joined it")
+        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": more}}
+        try:
+            kube.patch_job(task.id, patch)
+        except ConflictError:
+            continue  # the Job changed (another copy joined, or it was answered): look again
+        log.info("Job %s already exists for the same task; joining it with a route", task.id)
         return Submitted.JOINED
-    raise TaskConflictError(task.id)
+    raise TransientKubeError(f"Job {task.id} kept changing while this copy joined it")

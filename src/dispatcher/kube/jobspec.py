@@ -16,13 +16,12 @@ from dispatcher.config import Settings
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CONTAINER_NAME,
-    CORRELATION_ID_ANNOTATION,
-    REPLY_TO_ANNOTATION,
     TASK_HASH_ANNOTATION,
     VOLUME_NAME,
     job_name,
     owned_labels,
 )
+from dispatcher.kube.routes import route_annotations
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
@@ -68,12 +67,7 @@ def _job_deadline(settings: Settings) -> dict[str, int]:
 
 
 def _annotations(task: Task, route: ReplyRoute) -> dict[str, str]:
-    annotations = {TASK_HASH_ANNOTATION: task.digest()}
-    if route.correlation_id is not None:
-        annotations[CORRELATION_ID_ANNOTATION] = route.correlation_id
-    if route.reply_to is not None:
-        annotations[REPLY_TO_ANNOTATION] = route.reply_to
-    return annotations
+    return {TASK_HASH_ANNOTATION: task.digest(), **route_annotations(route)}
 
 
 def _pod_failure_rules() -> list[dict[str, Any]]:
