@@ -195,6 +195,15 @@ class Settings:
         parsers.integer(1, 604800),
         "Longest a task's pod may run (activeDeadlineSeconds).",
     )
+    idempotency_window_seconds: int = _setting(
+        "IDEMPOTENCY_WINDOW_SECONDS",
+        300,
+        parsers.integer(0, 86400),
+        "After a task ran to its end and was answered, the same task sent again under its id "
+        "within this long (counted from the Job's end) gets the same answer again without a "
+        "second run, and a different task the conflict error; the finished Job is kept as "
+        "long (0: deleted at once, the id is free again).",
+    )
     job_ttl_seconds: int = _setting(
         "JOB_TTL_SECONDS",
         604800,

@@ -8,7 +8,7 @@ temporary Kubernetes error is retried, a permanent one is answered at once::
     DispatcherError
     ├── ConfigError(variable, reason)           a setting is wrong: stop start-up
     ├── InvalidTaskError(field, reason, task_id)  a task message is wrong: answer with an error
-    ├── TaskConflictError(task_id)              another task already runs under this id
+    ├── TaskConflictError(task_id)              another task runs (or just ran) under this id
     └── KubeError(message, status)              the Kubernetes API refused or failed
         ├── TransientKubeError                  429, 5xx, connection refused/reset, timeouts: retry
         ├── PermanentKubeError                  any other 4xx: answer with an error at once
@@ -60,11 +60,12 @@ class InvalidTaskError(DispatcherError):
 
 
 class TaskConflictError(DispatcherError):
-    """A different task (other content, same id) is already running under this id."""
+    """A different task (other content, same id) runs, or was just answered, under this id."""
 
     def __init__(self, task_id: str) -> None:
         super().__init__(
-            f"id: a different task with id '{task_id}' is already running; use a new id"
+            f"id: a different task with id '{task_id}' is running or was just answered; "
+            "use a new id"
         )
         self.task_id = task_id
 

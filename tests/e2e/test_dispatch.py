@@ -347,6 +347,45 @@ def test_submit_wait_run_again_after_a_timeout_gets_the_answer_and_none_is_dropp
     assert broker.no_more_responses(2) == []
 
 
+def test_a_task_sent_again_after_its_answer_gets_the_same_answer_without_a_second_run(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    sent = task("cat /proc/sys/kernel/random/uuid")  # different on every run
+    broker.publish(sent)
+    (first,) = broker.responses(1)
+
+    broker.publish(sent, correlation_id="late-retry")  # a producer's retry, after the answer
+    (again,) = broker.responses(1, timeout=30)
+    broker.publish({**sent, "args": ["echo other"]})  # another task under the same id
+
+    assert json.loads(again.body) == json.loads(first.body)  # the same run's output
+    assert again.properties["message_id"] == first.properties["message_id"]
+    assert again.properties["correlation_id"] == "late-retry"
+    conflict = broker.response(timeout=30)
+    assert conflict == {
+        "id": sent["id"],
+        "error": f"id: a different task with id '{sent['id']}' is running or was just answered; "
+        "use a new id",
+    }
+    assert wait_for_jobs(broker, 1, timeout=1) == [sent["id"]]  # kept for the window
+
+
+@pytest.mark.settings(IDEMPOTENCY_WINDOW_SECONDS="2")
+def test_after_the_idempotency_window_the_id_is_free_again(dispatcher: Dispatcher) -> None:
+    broker, _ = dispatcher
+    sent = task("cat /proc/sys/kernel/random/uuid")
+    broker.publish(sent)
+    first = broker.response()
+
+    assert wait_for_jobs(broker, 0, timeout=60) == []  # Kubernetes deleted it (its TTL)
+    broker.publish(sent)
+    second = broker.response()
+
+    assert second["exit"] == first["exit"] == 0
+    assert second["output"] != first["output"]  # ran again
+
+
 def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_queue(
     dispatcher: Dispatcher,
 ) -> None:

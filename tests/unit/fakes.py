@@ -11,6 +11,7 @@ Objects are plain camelCase dicts shaped like those of a Kubernetes 1.34 API ser
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
@@ -34,8 +35,14 @@ NAMESPACE = "dispatcher"
 T0 = "2025-01-10T10:00:00Z"
 T1 = "2025-01-10T10:05:00Z"
 SETTINGS = Settings.from_env(
-    {"JOB_NAMESPACE": NAMESPACE, "JOB_MAX_RUN_SECONDS": "600", "IMAGE_PULL_GRACE_SECONDS": "60"}
+    {
+        "JOB_NAMESPACE": NAMESPACE,
+        "JOB_MAX_RUN_SECONDS": "600",
+        "IMAGE_PULL_GRACE_SECONDS": "60",
+        "IDEMPOTENCY_WINDOW_SECONDS": "0",  # answered Jobs go at once; WINDOW turns it on
+    }
 )
+WINDOW = dataclasses.replace(SETTINGS, idempotency_window_seconds=300)
 TASK = Task(
     id="t-1",
     image="localhost/testbox:1.0",
@@ -143,8 +150,10 @@ class FakeKube:
         annotations: Mapping[str, str],
         *,
         resource_version: str | None = None,
+        ttl_seconds: int | None = None,
     ) -> KubeObject | None:
-        """Set the annotations and drop the finalizer; a Job being deleted then goes."""
+        """Set the annotations (and the TTL) and drop the finalizer; a Job being deleted then
+        goes."""
         self._enter("release_job")
         job = self.jobs.get(name)
         if job is None:
@@ -152,6 +161,8 @@ class FakeKube:
         if resource_version is not None and resource_version != job["metadata"]["resourceVersion"]:
             raise ConflictError(f"release Job {name}: the object has been modified (HTTP 409)", 409)
         released = copy.deepcopy(job)
+        if ttl_seconds is not None:
+            released["spec"]["ttlSecondsAfterFinished"] = ttl_seconds
         meta = released["metadata"]
         meta.setdefault("annotations", {}).update(annotations)
         meta["finalizers"] = [f for f in meta.get("finalizers", []) if f != finalizer]

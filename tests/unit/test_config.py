@@ -39,6 +39,7 @@ ADDED_DEFAULTS = {
     "MAX_OUTPUT_BYTES": "1048576",
     "IMAGE_PULL_GRACE_SECONDS": "60",
     "QUEUE_TIMEOUT_SECONDS": "86400",
+    "IDEMPOTENCY_WINDOW_SECONDS": "300",
     "MAX_ACTIVE_JOBS": "100",
     "JOB_MAX_RUN_SECONDS": "3600",
     "JOB_TTL_SECONDS": "604800",
@@ -244,6 +245,11 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             {"JOB_CPU_REQUEST": "2", "JOB_CPU_LIMIT": "1500m"},
             "JOB_CPU_LIMIT: must not be less than JOB_CPU_REQUEST (2), got '1500m'",
             id="cpu-limit-below-request-mixed-units",
+        ),
+        pytest.param(
+            {"IDEMPOTENCY_WINDOW_SECONDS": "-1"},
+            "IDEMPOTENCY_WINDOW_SECONDS: must be a whole number from 0 to 86400, got '-1'",
+            id="negative-window",
         ),
     ],
 )

@@ -36,7 +36,7 @@ from dispatcher.kube.client import error_from_response
         ),
         pytest.param(
             TaskConflictError("t-1"),
-            "id: a different task with id 't-1' is already running; use a new id",
+            "id: a different task with id 't-1' is running or was just answered; use a new id",
             id="conflict",
         ),
         pytest.param(

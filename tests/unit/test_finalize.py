@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.core.finalize import CLAIM_TTL, Context, Finalized, Result, finalize
+from dispatcher.core.finalize import (
+    CLAIM_TTL,
+    Context,
+    Finalized,
+    Result,
+    answer_again,
+    finalize,
+)
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
 from dispatcher.kube.routes import with_route
@@ -28,6 +35,7 @@ from tests.unit.fakes import (
     TASK,
     UNSCHEDULABLE,
     UNSCHEDULABLE_MESSAGE,
+    WINDOW,
     FakeKube,
     FakePublisher,
     KubeObject,
@@ -315,6 +323,68 @@ def test_a_copy_that_joins_while_the_answer_is_published_is_answered_too() -> No
         (late, f"{MESSAGE_ID}.1"),
     ]
     assert kube.get_job("t-1") is None
+
+
+# --- the idempotency window ------------------------------------------------------------------
+
+
+def run_with_window(kube: FakeKube, publisher: FakePublisher, job: KubeObject) -> Result:
+    context = Context(kube, publisher, WINDOW, HOLDER, clock=lambda: NOW)
+    return finalize(job["metadata"]["name"], job["metadata"]["uid"], context, now=NOW)
+
+
+def test_a_job_that_ran_to_its_end_is_kept_for_the_window_and_left_to_its_ttl() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+
+    assert run_with_window(kube, publisher, job).state is Finalized.ANSWERED
+
+    kept = kube.get_job("t-1")
+    assert kept is not None
+    assert kept["metadata"]["finalizers"] == []
+    assert kept["metadata"]["annotations"][RESPONDED_ANNOTATION] == NOW_TEXT
+    assert kept["spec"]["ttlSecondsAfterFinished"] == WINDOW.idempotency_window_seconds
+    assert run_with_window(kube, publisher, kept).state is Finalized.ALREADY_ANSWERED
+    assert len(publisher.published) == 1
+    assert kube.get_job("t-1") is not None
+
+
+def test_a_job_answered_before_it_ended_is_deleted_at_once_even_with_a_window() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube)
+    kube.add_pod(make_pod(job, state=waiting("ErrImagePull", PULL_MESSAGE)))
+    job = kube.update_status("t-1", RUNNING)
+
+    later = datetime(2025, 1, 10, 10, 30, tzinfo=UTC)  # past the grace period
+    context = Context(kube, publisher, WINDOW, HOLDER, clock=lambda: later)
+    finalize("t-1", job["metadata"]["uid"], context, now=later)
+
+    assert publisher.responses[0].error is not None
+    assert kube.get_job("t-1") is None  # its pod must not keep trying
+
+
+def test_the_same_task_sent_again_is_answered_again_from_the_kept_job() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube, route=ReplyRoute("c-1", "first"))
+    run_with_window(kube, publisher, job)
+    again = ReplyRoute("c-2", "second")
+
+    assert answer_again("t-1", again, Context(kube, publisher, WINDOW, HOLDER))
+
+    first, repeat = publisher.published
+    assert repeat == Published(first.response, again, first.message_id)
+    assert repeat.response == Response(id="t-1", output="hello\n", exit=0)
+
+
+def test_a_job_not_kept_cannot_be_answered_again() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    running = create_job_for(kube)
+    context = Context(kube, publisher, WINDOW, HOLDER)
+
+    assert not answer_again("t-1", ReplyRoute("c-2"), context)  # running, not answered
+    kube.remove_job(running["metadata"]["name"])
+    assert not answer_again("t-1", ReplyRoute("c-2"), context)  # gone: the window closed
+    assert publisher.published == []
 
 
 # --- nothing to answer (yet) -----------------------------------------------------------------

@@ -105,14 +105,35 @@ def test_job_already_answered_is_not_finalized_again_while_it_is_being_deleted()
 
 def test_answered_job_left_behind_by_a_crash_is_cleaned_up_from_the_list() -> None:
     react, requests = reactor()
-    job = answered_job()
+    job = answered_job()  # still holds our finalizer
 
     react.on_job("LISTED", job)
     react.on_job("LISTED", job)
 
     assert [(r.job_name, r.delay_seconds, r.why) for r in requests] == [
-        ("t-1", 0.0, "answered, not yet deleted")
+        ("t-1", 0.0, "answered, not yet let go of")
     ]
+
+
+@pytest.mark.parametrize(
+    ("keep_answered", "finalizers", "asked"),
+    [
+        pytest.param(True, [], False, id="kept-for-the-window"),
+        pytest.param(True, ["job-dispatcher.io/answer"], True, id="window-but-still-held"),
+        pytest.param(False, [], True, id="no-window-not-deleted"),
+    ],
+)
+def test_an_answered_job_kept_for_the_idempotency_window_is_left_to_its_ttl(
+    keep_answered: bool, finalizers: list[str], asked: bool
+) -> None:
+    requests: list[FinalizeRequest] = []
+    react = Reactor(requests.append, stuck_grace_seconds=GRACE, keep_answered=keep_answered)
+    job = answered_job()
+    job["metadata"]["finalizers"] = finalizers
+
+    react.on_job("LISTED", job)
+
+    assert bool(requests) is asked
 
 
 def test_deleted_job_is_forgotten() -> None:

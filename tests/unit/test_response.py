@@ -89,7 +89,8 @@ def test_encode_never_fails_on_lone_surrogates() -> None:
             None,
             Response(
                 id="t-1",
-                error="id: a different task with id 't-1' is already running; use a new id",
+                error="id: a different task with id 't-1' is running or was just answered; "
+                "use a new id",
             ),
             id="conflict",
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from dispatcher.kube.conventions import (
 )
 from dispatcher.kube.routes import MAX_ROUTES, routes_of
 from dispatcher.messages.route import ReplyRoute
-from tests.unit.fakes import SETTINGS, TASK, FakeKube
+from tests.unit.fakes import COMPLETE, FAILED, SETTINGS, TASK, FakeKube
 
 ROUTE = ReplyRoute("c-42", "amq.rabbitmq.reply-to.g1h2AA")
 
@@ -78,14 +79,28 @@ def test_a_copy_joining_while_another_changes_the_job_looks_again() -> None:
     assert routes_of(kube.annotations("t-1")) == [ROUTE, rival, ReplyRoute("c-51")]
 
 
-def test_a_copy_with_a_new_route_does_not_join_a_job_already_answered() -> None:
+@pytest.mark.parametrize(
+    "status", [pytest.param(COMPLETE, id="ran-to-its-end"), pytest.param(FAILED, id="failed")]
+)
+def test_the_same_task_sent_again_after_its_answer_is_to_be_answered_again(status: Any) -> None:
     kube = FakeKube()
     submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    kube.update_status("t-1", status)
+    kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
+
+    assert submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS) is Submitted.ANSWERED
+    with pytest.raises(TaskConflictError):
+        submit(dataclasses.replace(TASK, args=("other",)), ROUTE, kube=kube, settings=SETTINGS)
+    assert list(kube.jobs) == ["t-1"]
+
+
+def test_a_copy_does_not_join_a_job_answered_with_an_error_and_going() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)  # e.g. its image could not be pulled
     kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
 
     with pytest.raises(TransientKubeError):  # retried: once the Job is gone, it runs anew
         submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS)
-    assert submit(TASK, ROUTE, kube=kube, settings=SETTINGS) is Submitted.JOINED  # answered
 
 
 def test_a_job_takes_at_most_max_routes() -> None:
@@ -107,7 +122,7 @@ def test_different_task_with_a_taken_id_is_a_conflict() -> None:
 
     assert caught.value.task_id == "t-1"
     assert str(caught.value) == (
-        "id: a different task with id 't-1' is already running; use a new id"
+        "id: a different task with id 't-1' is running or was just answered; use a new id"
     )
     assert kube.annotations("t-1")[TASK_HASH_ANNOTATION] == TASK.digest()
 

@@ -28,6 +28,7 @@ from tests.unit.fakes import (
     COMPLETE,
     SETTINGS,
     TASK,
+    WINDOW,
     FakeKube,
     FakePublisher,
     create_job_for,
@@ -67,8 +68,10 @@ class Worker:
 
 
 @pytest.fixture
-def worker() -> Iterator[Worker]:
-    app = create_app(SETTINGS)
+def worker(request: pytest.FixtureRequest) -> Iterator[Worker]:
+    """A worker with the unit settings, or those of `@pytest.mark.parametrize("worker", …,
+    indirect=True)`."""
+    app = create_app(getattr(request, "param", SETTINGS))
     app.conf.broker_url = "memory://"
     kube, publisher = FakeKube(), FakePublisher()
     app.dispatcher.kube = kube
@@ -192,3 +195,25 @@ def test_logs_that_keep_failing_are_given_up_after_a_bounded_time(worker: Worker
         worker.finalize(name, uid, retries=LOG_ATTEMPTS - 1)
     assert worker.finalize(name, uid, retries=LOG_ATTEMPTS) == "answered"
     assert worker.publisher.responses == [Response(id="t-1", exit=0, error=LOGS_UNAVAILABLE)]
+
+
+@pytest.mark.parametrize("worker", [WINDOW], indirect=True)
+def test_the_same_task_sent_again_after_its_answer_is_answered_again_without_a_second_run(
+    worker: Worker,
+) -> None:
+    assert worker.submit(task_document()) == "created"
+    job = worker.kube.get_job("t-1")
+    assert job is not None
+    worker.kube.add_pod(make_pod(job, phase="Succeeded", state=terminated(0)))
+    worker.kube.update_status("t-1", COMPLETE)
+    worker.kube.logs["t-1-x7k2p"] = "ran once\n"
+    assert worker.finalize("t-1", job["metadata"]["uid"]) == "answered"
+
+    assert worker.submit(task_document()) == "answered before"
+
+    first, again = worker.publisher.published
+    assert again.response == first.response == Response(id="t-1", output="ran once\n", exit=0)
+    assert again.message_id == first.message_id
+    assert list(worker.kube.jobs) == ["t-1"]  # no second Job, no second run
+    worker.kube.remove_job("t-1")  # the window closed: Kubernetes deleted it
+    assert worker.submit(task_document()) == "created"

@@ -103,7 +103,7 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
             return Result(Finalized.GONE)
         annotations = job["metadata"].get("annotations") or {}
         if RESPONDED_ANNOTATION in annotations:  # answered before a crash: finish the job
-            _release(job_name, {}, ctx)
+            _let_go(job, {}, ctx)
             return Result(Finalized.ALREADY_ANSWERED)
         verdict = _decide(job, ctx, now)
         if verdict is None:
@@ -178,9 +178,9 @@ def _release_answered(
             if meta.get("deletionTimestamp"):
                 patch = {"metadata": {"resourceVersion": version, "annotations": responded}}
                 ctx.kube.patch_job(name, patch)
-                _release(name, {}, ctx)
-            elif ctx.kube.release_job(name, ANSWER_FINALIZER, responded, resource_version=version):
-                ctx.kube.delete_job(name)
+                _let_go(job, {}, ctx)
+            else:
+                _let_go(job, responded, ctx, resource_version=version)
             return
         except ConflictError:
             latest = ctx.kube.get_job(name)
@@ -191,10 +191,45 @@ def _release_answered(
     raise TransientKubeError(f"Job {job['metadata']['name']} kept changing while it was released")
 
 
-def _release(job_name: str, annotations: dict[str, str], ctx: Context) -> None:
-    """Mark the Job answered, let go of it (its finalizer), and delete it."""
-    if ctx.kube.release_job(job_name, ANSWER_FINALIZER, annotations) is not None:
-        ctx.kube.delete_job(job_name)
+def _let_go(
+    job: dict[str, Any],
+    annotations: dict[str, str],
+    ctx: Context,
+    *,
+    resource_version: str | None = None,
+) -> None:
+    """Set `annotations`, drop our finalizer, and delete the Job — unless it ran to its end and
+    the idempotency window is on: then Kubernetes deletes it when the window closes (its TTL),
+    and until then the same task sent again is answered from it."""
+    name, window = job["metadata"]["name"], ctx.settings.idempotency_window_seconds
+    keep = window > 0 and job_finished(job) and not job["metadata"].get("deletionTimestamp")
+    released = ctx.kube.release_job(
+        name,
+        ANSWER_FINALIZER,
+        annotations,
+        resource_version=resource_version,
+        ttl_seconds=window if keep else None,
+    )
+    if released is not None and not keep:
+        ctx.kube.delete_job(name)
+
+
+def answer_again(job_name: str, route: ReplyRoute, ctx: Context) -> bool:
+    """Publish the answer of a Job that ran to its end and was answered (it is kept for the
+    idempotency window) once more, to `route`, with the same message_id and without a second
+    run. False when the Job is not, or no longer, such a Job."""
+    job = ctx.kube.get_job(job_name)
+    if job is None or not _ours(job, ctx) or not job_finished(job):
+        return False
+    meta = job["metadata"]
+    if RESPONDED_ANNOTATION not in (meta.get("annotations") or {}) or meta.get("deletionTimestamp"):
+        return False
+    pods = ctx.kube.list_pods(pods_of_job(meta["uid"]))
+    verdict = judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
+    response = _response(job, verdict, ctx)
+    ctx.publisher.publish(response, route, message_id(meta["name"], meta["uid"]))
+    log.info("answered Job %s again (the same task, sent again after its answer)", job_name)
+    return True
 
 
 def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:

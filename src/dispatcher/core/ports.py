@@ -33,6 +33,7 @@ class KubeGateway(Lister, Protocol):
         annotations: Mapping[str, str],
         *,
         resource_version: str | None = None,
+        ttl_seconds: int | None = None,
     ) -> KubeObject | None: ...
 
     def delete_job(self, name: str) -> None: ...

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.kube.conventions import (
+    ANSWER_FINALIZER,
     CONTROLLER_UID_LABEL,
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
@@ -59,11 +60,13 @@ class Reactor:
         *,
         stuck_grace_seconds: float,
         queue_timeout_seconds: float = 0,
+        keep_answered: bool = False,
         on_job_seen: Callable[[str], None] | None = None,
     ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
         self._queue_timeout = queue_timeout_seconds
+        self._keep_answered = keep_answered  # answered Jobs that ran to their end stay a while
         self._on_job_seen = on_job_seen or (lambda name: None)
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
@@ -122,8 +125,10 @@ class Reactor:
             return
         if RESPONDED_ANNOTATION in annotations:
             self._end(uid)
-            if event_type == "LISTED":  # answered before a crash, never deleted: finish the job
-                why = "answered, not yet deleted"
+            kept = self._keep_answered and job_finished(job)  # for the idempotency window
+            held = ANSWER_FINALIZER in (meta.get("finalizers") or [])
+            if event_type == "LISTED" and (held or not kept):  # a crash cut its release short
+                why = "answered, not yet let go of"
                 self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
             return
         if meta.get("deletionTimestamp"):  # deleted unanswered: our finalizer holds it for us

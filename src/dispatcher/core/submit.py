@@ -2,9 +2,10 @@
 
 Creating a Job whose name (the task id) is taken either joins it — the same task delivered
 twice, recognised by the task hash annotation; a copy with a reply route of its own adds it to
-the Job's routes with a conditional patch — or is a conflict with a different task that
-the caller must answer with an error. Kubernetes errors propagate as `KubeError`s; whether to
-retry is the caller's decision (transient vs permanent).
+the Job's routes with a conditional patch; a copy sent again after the Job ran and was
+answered (it is kept for the idempotency window) is to be answered again — or is a conflict
+with a different task that the caller must answer with an error. Kubernetes errors propagate
+as `KubeError`s; whether to retry is the caller's decision (transient vs permanent).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dispatcher.core.ports import KubeGateway
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION
 from dispatcher.kube.jobspec import build_job
+from dispatcher.kube.outcome import job_finished
 from dispatcher.kube.routes import with_route
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
@@ -29,6 +31,7 @@ JOIN_ATTEMPTS = 5
 class Submitted(enum.Enum):
     CREATED = "created"
     JOINED = "joined"  # the same task was already running as this Job
+    ANSWERED = "answered before"  # the same task already ran and was answered: answer again
 
 
 def submit(task: Task, route: ReplyRoute, *, kube: KubeGateway, settings: Settings) -> Submitted:
@@ -55,12 +58,15 @@ def _join(task: Task, route: ReplyRoute, kube: KubeGateway) -> Submitted:
         annotations = meta.get("annotations") or {}
         if annotations.get(TASK_HASH_ANNOTATION) != task.digest():
             raise TaskConflictError(task.id)
+        if RESPONDED_ANNOTATION in annotations:
+            if job_finished(existing) and not meta.get("deletionTimestamp"):
+                return Submitted.ANSWERED  # kept for the idempotency window
+            # Answered with an error and being deleted: run it anew once it is gone.
+            raise TransientKubeError(f"Job {task.id} was answered while this copy joined it")
         more = with_route(annotations, route)
         if more is None:  # this route is answered already (or the Job has all it may have)
             log.info("Job %s already exists for the same task; joining it", task.id)
             return Submitted.JOINED
-        if RESPONDED_ANNOTATION in annotations:  # answered and going: run it anew when gone
-            raise TransientKubeError(f"Job {task.id} was answered while this copy joined it")
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": more}}
         try:
             kube.patch_job(task.id, patch)

@@ -157,18 +157,22 @@ class KubeClient:
         annotations: Mapping[str, str],
         *,
         resource_version: str | None = None,
+        ttl_seconds: int | None = None,
     ) -> KubeObject | None:
         """Set `annotations` and drop `finalizer` from the Job in one patch (a strategic merge
         patch: the Job's other finalizers stay), only if it is still at `resource_version` when
-        one is given (else ConflictError). A Job being deleted goes once its last finalizer
-        does; None when the Job was already gone."""
+        one is given (else ConflictError), and set its ttlSecondsAfterFinished when
+        `ttl_seconds` is given. A Job being deleted goes once its last finalizer does; None
+        when the Job was already gone."""
         meta: dict[str, Any] = {
             "annotations": dict(annotations),
             "$deleteFromPrimitiveList/finalizers": [finalizer],
         }
         if resource_version is not None:
             meta["resourceVersion"] = resource_version
-        patch = {"metadata": meta}
+        patch: dict[str, Any] = {"metadata": meta}
+        if ttl_seconds is not None:
+            patch["spec"] = {"ttlSecondsAfterFinished": ttl_seconds}
         try:
             return self._json(
                 "PATCH",

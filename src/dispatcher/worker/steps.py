@@ -71,6 +71,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             schedule,
             stuck_grace_seconds=settings.image_pull_grace_seconds,
             queue_timeout_seconds=settings.queue_timeout_seconds,
+            keep_answered=settings.idempotency_window_seconds > 0,
             on_job_seen=runtime.admission.settled,
         )
         runtime.reactor = reactor

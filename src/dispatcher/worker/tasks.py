@@ -23,7 +23,13 @@ from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError, OperationalError
 
 from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
-from dispatcher.core.finalize import Finalized, answer_deleted, finalize, message_id
+from dispatcher.core.finalize import (
+    Finalized,
+    answer_again,
+    answer_deleted,
+    finalize,
+    message_id,
+)
 from dispatcher.core.submit import Submitted, submit
 from dispatcher.errors import (
     InvalidTaskError,
@@ -33,6 +39,7 @@ from dispatcher.errors import (
 )
 from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
+from dispatcher.messages.task import Task as ParsedTask
 from dispatcher.messages.task import parse_task, peek_task_id
 from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
 
@@ -99,7 +106,7 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
         return "rejected"
     started = time.perf_counter()
     try:
-        result = submit(parsed, reply, kube=runtime.kube, settings=settings)
+        result = _submit_or_answer_again(self, parsed, reply)
         metrics.submit_seconds.observe(time.perf_counter() - started)
         metrics.tasks_submitted.labels(result.value).inc()
         if result is not Submitted.CREATED:  # no new Job will show up in the watch
@@ -136,6 +143,16 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     runtime.admission.settled(parsed.id)
     metrics.tasks_submitted.labels("rejected").inc()
     return "rejected"
+
+
+def _submit_or_answer_again(self: Task, task: ParsedTask, reply: ReplyRoute) -> Submitted:
+    runtime = self.app.dispatcher
+    result = submit(task, reply, kube=runtime.kube, settings=runtime.settings)
+    if result is Submitted.ANSWERED:
+        context = runtime.finalize_context(self.request.id, self.request.retries)
+        if not answer_again(task.id, reply, context):  # its window closed meanwhile: run anew
+            raise TransientKubeError(f"Job {task.id} went while it was answered again")
+    return result
 
 
 def _finalize(
