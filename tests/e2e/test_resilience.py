@@ -91,7 +91,7 @@ def test_jobs_deleted_by_hand_while_no_worker_runs_are_answered_after_restart(
 
         responses = answers_after_restart(instance, broker, log_dir, len(quick) + len(slow))
         # The deleted ones are gone; the rest are kept, answered, for the idempotency window.
-        assert sorted(wait_for_jobs(broker, 4)) == sorted(d["id"] for d in quick[2:])
+        assert sorted(wait_for_jobs(broker, 4)) == sorted(f"job.batch/{d['id']}" for d in quick[2:])
         assert set(job_states(broker).values()) == {"ended"}
     expected = {
         d["id"]: {"id": d["id"], "output": f"q{i}\n", "exit": 0} for i, d in enumerate(quick)
