@@ -56,14 +56,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.core.preflight import preflight
     from dispatcher.worker.app import create_app
 
     app = create_app(settings)
     try:
-        app.dispatcher.connect_kube()  # fail now, with one line, not inside the worker
+        kube = app.dispatcher.connect_kube()  # fail now, with one line, not inside the worker
     except KubeError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    preflight(kube, settings)  # warns about the claim the Jobs mount
     app.worker_main(
         [
             "worker",

@@ -108,7 +108,8 @@ class Settings:
         "PV_NAME",
         "worker-pv-volume",
         parsers.dns_subdomain,
-        "PersistentVolume behind PVC_NAME (created by the manifests; Jobs only mount the claim).",
+        "PersistentVolume behind PVC_NAME (created by the manifests; Jobs only mount the claim). "
+        "The worker warns at start when PVC_NAME is missing, unbound, or bound to another.",
     )
     pvc_name: str = _setting(
         "PVC_NAME",

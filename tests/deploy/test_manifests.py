@@ -78,6 +78,7 @@ NEEDED = [
     ("get", "pods/log"),
     ("list", "events"),
     ("watch", "events"),
+    ("get", "persistentvolumeclaims"),
 ]
 FORBIDDEN = [
     ("get", "secrets", "dispatcher"),
@@ -98,6 +99,9 @@ FORBIDDEN = [
     ("create", "events", "dispatcher"),
     ("delete", "events", "dispatcher"),
     ("create", "persistentvolumes", ""),
+    ("list", "persistentvolumeclaims", "dispatcher"),
+    ("delete", "persistentvolumeclaims", "dispatcher"),
+    ("get", "persistentvolumes", ""),
 ]
 
 

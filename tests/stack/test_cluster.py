@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import Settings
+from dispatcher.core.preflight import preflight
 from dispatcher.kube.client import KubeClient
 from tests.support.stack import kubectl, stack_env
 
@@ -177,3 +178,14 @@ def test_a_list_larger_than_one_page_is_read_whole(kube: KubeClient) -> None:
     finally:
         for name in names:
             kube.delete_job(name)
+
+
+def test_the_start_up_check_reads_the_stacks_claim_bound_to_pv_name(kube: KubeClient) -> None:
+    settings = Settings.from_env({**stack_env(), "JOB_NAMESPACE": "dispatcher"})
+
+    assert preflight(kube, settings) is None
+    missing = Settings.from_env({**stack_env(), "JOB_NAMESPACE": "dispatcher", "PVC_NAME": "nope"})
+    assert preflight(kube, missing) == (
+        "PVC_NAME: PersistentVolumeClaim 'nope' does not exist in namespace 'dispatcher'; every "
+        "Job mounts it, so no task can start until it does"
+    )

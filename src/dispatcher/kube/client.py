@@ -40,6 +40,7 @@ _PATHS = {
     "jobs": "/apis/batch/v1/namespaces/{ns}/jobs",
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
+    "persistentvolumeclaims": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
 }
 LIST_PAGE_SIZE = 500
 # 401 too: a service account token the kubelet has just rotated (lightkube re-reads the token
@@ -191,6 +192,14 @@ class KubeClient:
             self._call("DELETE", self._path("jobs", name), f"delete Job {name}", json=body)
         except NotFoundError:
             log.debug("Job %s was already deleted", name)
+
+    def get_claim(self, name: str) -> KubeObject | None:
+        """The PersistentVolumeClaim `name` of the namespace, or None when there is none."""
+        path = self._path("persistentvolumeclaims", name)
+        try:
+            return self._json("GET", path, f"read PersistentVolumeClaim {name}")
+        except NotFoundError:
+            return None
 
     # -- Pods and logs ------------------------------------------------------------------------
 
