@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down demo test check lint typecheck unit integration bench docs image clean
+.PHONY: help venv up down demo test check lint typecheck unit integration bench chaos docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: venv check up image  ## the whole suite on the real stack (what CI runs)
 
 bench: venv up  ## benchmarks (tables on stdout)
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
+
+chaos: venv up image  ## fault scenarios with 100+ tasks each (about 20 minutes); writes docs/reliability.md
+	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write
 
 docs: venv  ## regenerate the README's settings table from the code
 	$(PY) scripts/settings_table.py

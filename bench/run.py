@@ -21,7 +21,6 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.burst import (
@@ -29,10 +28,12 @@ from tests.support.burst import (
     ideal_makespan,
     node_slots,
     run_burst,
+    running_pods,
     submit_seconds,
     task_queue_depth,
+    wait_until,
 )
-from tests.support.stack import LOCAL, Broker, Instance, Worker, kubectl, running, stack_env
+from tests.support.stack import LOCAL, Broker, Instance, Worker, running, stack_env
 
 from dispatcher.config import Settings
 from dispatcher.messages.task import parse_task
@@ -182,27 +183,13 @@ def bench_memory() -> None:
                         "cmd": ["/bin/sh", "-c", "sleep 150; echo ok"],
                     }
                 )
-            wait_until(lambda n=n: running_jobs(instance.name) >= n, 140)
+            wait_until(lambda n=n: running_pods(instance.name) >= n, 140)
             rows.append([f"{n} Jobs running", n, rss_kib(pid) // 1024, threads(pid)])
             broker.responses(n, timeout=300)
         rows.append(["after all answered", 0, rss_kib(pid) // 1024, threads(pid)])
     table(
         "worker memory and threads vs running Jobs", ["state", "Jobs", "RSS MiB", "threads"], rows
     )
-
-
-def running_jobs(name: str) -> int:
-    selector = f"job-dispatcher.io/instance={name}"
-    out = kubectl("-n", "dispatcher", "get", "pods", "-l", selector, "-o", "json").stdout
-    return sum(1 for pod in json.loads(out)["items"] if pod["status"].get("phase") == "Running")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark precondition not reached")
-        time.sleep(0.5)
 
 
 def bench_burst(count: int = 500, seconds: float = 5.0) -> None:

@@ -294,6 +294,19 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
     assert response["output"].splitlines()[1].split() == ["CapEff:", "0000000000000000"]
 
 
+def submit_wait(broker: Broker, task_file: Path, timeout: str) -> subprocess.CompletedProcess[str]:
+    """`dispatcher submit FILE --wait --timeout T` as a user runs it."""
+    command = ["submit", str(task_file), "--wait", "--timeout", timeout]
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *command],
+        env=broker.instance.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
     dispatcher: Dispatcher, tmp_path: Path
 ) -> None:
@@ -302,14 +315,7 @@ def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
     path = tmp_path / "task.json"
     path.write_text(json.dumps(sent))
 
-    result = subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "submit", str(path), "--wait", "--timeout", "90"],
-        env=broker.instance.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = submit_wait(broker, path, "90")
 
     assert result.returncode == 4, result.stderr
     assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-cli\n", "exit": 4}
@@ -324,19 +330,8 @@ def test_submit_wait_run_again_after_a_timeout_gets_the_answer_and_none_is_dropp
     path = tmp_path / "task.json"
     path.write_text(json.dumps(sent))
 
-    def submit_wait(timeout: str) -> subprocess.CompletedProcess[str]:
-        command = ["submit", str(path), "--wait", "--timeout", timeout]
-        return subprocess.run(
-            [sys.executable, "-m", "dispatcher.cli", *command],
-            env=broker.instance.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    gave_up = submit_wait("1")  # its private reply queue goes with it
-    again = submit_wait("90")  # the same task: joins the running Job with its own route
+    gave_up = submit_wait(broker, path, "1")  # its private reply queue goes with it
+    again = submit_wait(broker, path, "90")  # the same task: joins the Job with its own route
 
     assert gave_up.returncode == EXIT_TIMEOUT, gave_up.stderr
     assert again.returncode == 0, again.stderr

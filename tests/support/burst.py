@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,3 +188,19 @@ def ideal_makespan(count: int, slots: int, seconds: float, overhead: float) -> f
     alone (publish, Job, pod start, logs, response), as if pod start and answer cost nothing
     between waves."""
     return math.ceil(count / slots) * seconds + overhead
+
+
+def running_pods(instance_name: str) -> int:
+    """Pods of one installation whose phase is Running."""
+    selector = f"job-dispatcher.io/instance={instance_name}"
+    out = kubectl("-n", "dispatcher", "get", "pods", "-l", selector, "-o", "json").stdout
+    return sum(1 for pod in json.loads(out)["items"] if pod["status"].get("phase") == "Running")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    """Poll `condition` every half second; TimeoutError when it is still false at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not reached within {timeout:g} s")
+        time.sleep(0.5)
