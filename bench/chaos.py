@@ -33,6 +33,7 @@ from tests.support.proxy import Proxy
 from tests.support.stack import LOCAL, REPO, Broker, Instance, Worker, kubectl, stack_env
 
 from dispatcher.errors import InvalidTaskError
+from dispatcher.kube.outcome import RESULT_DELETED_ERROR
 from dispatcher.messages.task import parse_task
 
 LOG_DIR = LOCAL / "logs" / "chaos"
@@ -186,6 +187,11 @@ def judge(
     )
     if stray:
         row.notes.append(f"{stray} answers to no task of the scenario")
+    wrong_bodies = [
+        a.body for got in by_id.values() for a in got if not expected[a.body["id"]](a.body)
+    ]
+    if wrong_bodies:
+        row.notes.append(f"wrong, for example: `{json.dumps(wrong_bodies[0])[:200]}`")
     if repeats and not repeats_expected:
         row.notes.append("repeats: the same run's answer sent again (same message_id)")
     return row
@@ -386,10 +392,15 @@ def jobs_deleted_while_down() -> Row:
         restarted = Worker(instance, LOG_DIR)
         restarted.start(broker)
         fault_end = time.monotonic()
-        expected = expect_own(short) | {task_id: was_deleted for task_id in long}
+        expected = (
+            expect_own(short)
+            | {name: its_own_output_or_lost(name) for name in by_ttl}
+            | {task_id: was_deleted for task_id in long}
+        )
         answers.wait_for(set(expected), TIMEOUT)
         time.sleep(3)
         restarted.stop()
+    lost = sum(1 for a in answers.answers if a.body.get("error") == RESULT_DELETED_ERROR)
     row = judge(
         "Jobs deleted by hand and by TTL while no worker ran",
         expected,
@@ -397,10 +408,18 @@ def jobs_deleted_while_down() -> Row:
         fault_end,
     )
     row.notes.append(
-        f"{len(by_hand)} ended Jobs deleted by hand and {len(by_ttl)} by their TTL (answered "
-        f"with their real result), {len(long)} running Jobs deleted (answered `{DELETED} (…)`)"
+        f"{len(by_hand)} ended Jobs deleted by hand (answered with their real result), "
+        f"{len(by_ttl)} by their TTL ({lost} of them answered that their result was lost with "
+        f"their pods, which the TTL controller deletes first), {len(long)} running Jobs deleted "
+        f"(answered `{DELETED} (…)`)"
     )
     return row
+
+
+def its_own_output_or_lost(task_id: str) -> Expect:
+    """The TTL controller deletes a Job's pods first: its output may be gone with them."""
+    own = its_own_output(task_id)
+    return lambda body: own(body) or body == {"id": task_id, "error": RESULT_DELETED_ERROR}
 
 
 def was_deleted(body: dict[str, Any]) -> bool:

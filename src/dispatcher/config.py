@@ -209,7 +209,9 @@ class Settings:
         "JOB_TTL_SECONDS",
         604800,
         parsers.integer(60, 31536000),
-        "Finished Jobs are deleted by Kubernetes after this long if the dispatcher did not.",
+        "Finished Jobs are deleted by Kubernetes after this long if the dispatcher did not; keep "
+        "it above the longest time no worker may run (a Job it deletes unanswered is still "
+        "answered, but its pod and output are gone).",
     )
     job_image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = _setting(
         "JOB_IMAGE_PULL_POLICY",

@@ -19,6 +19,7 @@ from dispatcher.core.finalize import (
 )
 from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
+from dispatcher.kube.outcome import RESULT_DELETED_ERROR
 from dispatcher.kube.routes import with_route
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
@@ -504,6 +505,22 @@ def test_a_finished_job_deleted_before_it_was_answered_gets_its_real_answer() ->
     run(kube, publisher, job)
 
     assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+    assert kube.get_job("t-1") is None
+
+
+def test_a_finished_job_whose_pod_went_with_its_deletion_is_answered_that_its_result_is_lost() -> (
+    None
+):
+    kube, publisher = FakeKube(), FakePublisher()
+    ended_job(kube)
+    kube.delete_job("t-1")  # e.g. by its TTL, which deletes the pods first (foreground)
+    kube.pods.clear()
+    job = kube.get_job("t-1")
+    assert job is not None
+
+    run(kube, publisher, job)
+
+    assert publisher.responses == [Response(id="t-1", error=RESULT_DELETED_ERROR)]
     assert kube.get_job("t-1") is None
 
 

@@ -4,10 +4,12 @@ Steps, each safe to repeat: (1) decide — the Job ended, its pod is still stuck
 period, it waited longer than its queue timeout for room (a pod that only waits for room is
 never answered before that), or someone deleted it (our finalizer holds it until answered);
 (2) claim the Job with a conditional annotation patch so that only one worker answers even when
-several replicas saw the same event; (3) read the logs and publish the response with a broker
-confirm; (4) in one patch, mark the Job responded and drop our finalizer, then delete it. A
-crash between (3) and (4) can repeat the response after a restart (at-least-once; `message_id`
-is stable).
+several replicas saw the same event; (3) read the logs, renew the claim (again conditionally: a
+claim taken over meanwhile stops here) and publish the response to every route that asked, each
+with a broker confirm; (4) in one patch, mark the Job responded and drop our finalizer, then
+delete it — or, when it ran to its end and the idempotency window is on, leave it to its TTL so
+the same task sent again can be answered from it. A crash between (3) and (4) can repeat the
+response after a restart (at-least-once; `message_id` is stable).
 """
 
 from __future__ import annotations
@@ -237,10 +239,11 @@ def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
     queue timeout)."""
     uid = job["metadata"]["uid"]
     pods = ctx.kube.list_pods(pods_of_job(uid))
-    if job_finished(job):
-        return judge_finished(job, pods, max_run_seconds=ctx.settings.job_max_run_seconds)
+    max_run = ctx.settings.job_max_run_seconds
     if job["metadata"].get("deletionTimestamp"):  # deleted by someone else; held by our finalizer
-        return judge_deleted(pods)
+        return judge_deleted(job, pods, max_run_seconds=max_run)
+    if job_finished(job):
+        return judge_finished(job, pods, max_run_seconds=max_run)
     for pod in pods:
         stuck = pod_stuck(pod)
         if stuck is not None and not _scaling_up(pod, stuck, ctx):

@@ -139,8 +139,22 @@ def judge_finished(
 DELETED_ERROR = "the Job was deleted before it finished"
 
 
-def judge_deleted(pods: Sequence[Mapping[str, Any]]) -> Verdict:
-    """The verdict on a Job deleted (by someone else) before it finished: how far it got."""
+RESULT_DELETED_ERROR = (
+    "the Job ended but was deleted before it was answered, its pod with it: the output and "
+    "exit code are lost"
+)
+
+
+def judge_deleted(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, max_run_seconds: int
+) -> Verdict:
+    """The verdict on a Job someone deleted before it was answered: its result when it had
+    ended and its pod is still there, else how far it got."""
+    if job_finished(job):
+        verdict = judge_finished(job, pods, max_run_seconds=max_run_seconds)
+        if verdict.outcome is not Outcome.LOST:
+            return verdict
+        return Verdict(Outcome.DELETED, None, None, RESULT_DELETED_ERROR)  # a foreground delete
     state = "its pod had started" if any(pod_started(pod) for pod in pods) else "it had not started"
     return Verdict(Outcome.DELETED, None, None, f"{DELETED_ERROR} ({state})")
 
