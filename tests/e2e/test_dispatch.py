@@ -409,14 +409,17 @@ def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_
 def test_a_pod_that_cannot_be_created_is_answered_with_the_reason_and_the_job_removed(
     dispatcher: Dispatcher,
 ) -> None:
-    broker, _ = dispatcher
+    broker, worker = dispatcher
     sent = task("echo never")
     broker.publish(sent)
 
     response = broker.response(timeout=60)
     assert set(response) == {"id", "error"}
-    assert response["error"].startswith("the pod could not be created: ")
-    assert 'serviceaccount "no-such-account" not found' in response["error"]
+    assert response["error"] == (
+        "the pod could not be created: its service account (INTERNAL_SERVICE_ACCOUNT_NAME) is "
+        "missing"
+    )  # the names stay in the worker's log
+    assert 'serviceaccount "no-such-account" not found' in worker.log()
     assert wait_for_jobs(broker, 0, timeout=30) == []
 
 

@@ -695,7 +695,11 @@ def test_job_whose_pod_cannot_be_created_is_answered_with_the_controllers_reason
 
     assert result.state is Finalized.ANSWERED
     assert publisher.responses == [
-        Response(id="t-1", error=f"the pod could not be created: {SA_MISSING}")
+        Response(
+            id="t-1",
+            error="the pod could not be created: its service account "
+            "(INTERNAL_SERVICE_ACCOUNT_NAME) is missing",
+        )
     ]
     assert "t-1" not in kube.jobs  # deleted: the id is free again
 
@@ -807,7 +811,11 @@ def test_a_quota_that_can_never_admit_the_pod_is_answered_with_its_reason() -> N
 
     assert run(kube, publisher, job).state is Finalized.ANSWERED
     assert publisher.responses == [
-        Response(id="t-1", error=f"the pod could not be created: {QUOTA_TOO_SMALL}")
+        Response(
+            id="t-1",
+            error="the pod could not be created: it asks for more than a ResourceQuota of the "
+            "namespace ever allows",
+        )
     ]
 
 

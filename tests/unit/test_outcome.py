@@ -497,8 +497,52 @@ def test_the_newest_failed_create_event_decides_the_error_text() -> None:
         Outcome.POD_NOT_CREATED,
         None,
         None,
-        'the pod could not be created: pods "t-1-" is forbidden: exceeded quota: q1',
+        "the pod could not be created: it asks for more than a ResourceQuota of the namespace "
+        "ever allows",
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "cause"),
+    [
+        pytest.param(
+            'Error creating: pods "t-1-" is forbidden: error looking up service account '
+            'dispatcher/job-internal: serviceaccount "job-internal" not found',
+            "its service account (INTERNAL_SERVICE_ACCOUNT_NAME) is missing",
+            id="service-account",
+        ),
+        pytest.param(
+            'Error creating: pods "t-1-x" is forbidden: violates PodSecurity "restricted:latest": '
+            'runAsNonRoot != true (pod or container "task" must set runAsNonRoot=true)',
+            "it violates the namespace's Pod Security level",
+            id="pod-security",
+        ),
+        pytest.param(
+            'Error creating: admission webhook "audit.example.com" denied the request: team '
+            "label missing on 10.3.4.5",
+            "an admission webhook of the cluster refused it",
+            id="webhook",
+        ),
+        pytest.param(
+            "Error creating: pods \"t-1-x\" is forbidden: ValidatingAdmissionPolicy 'p' with "
+            "binding 'b' denied request: no",
+            "an admission policy of the cluster refused it",
+            id="admission-policy",
+        ),
+        pytest.param(
+            "Error creating: Internal error occurred: etcd cluster 10.0.0.2:2379 unavailable",
+            "the cluster refused it (the Job's events say why)",
+            id="anything-else",
+        ),
+    ],
+)
+def test_a_pod_that_cannot_be_created_is_answered_with_its_cause_not_the_clusters_internals(
+    message: str, cause: str
+) -> None:
+    verdict = judge_not_created([failed_create_event(message, "2025-01-10T10:00:01Z")])
+
+    assert verdict is not None
+    assert verdict.error == f"the pod could not be created: {cause}"
 
 
 def test_no_failed_create_event_means_no_verdict() -> None:

@@ -256,6 +256,8 @@ def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
         events, _ = ctx.kube.list_objects("events", "", failed_create)
         verdict = judge_not_created(events)
         if verdict is not None:
+            why = not_created_message(events)
+            log.warning("Job %s: the Job controller cannot create its pod: %s", uid, why)
             return verdict
     return _queue_timeout(job, pods, events, ctx, now)
 

@@ -175,7 +175,30 @@ def judge_not_created(events: Sequence[Mapping[str, Any]]) -> Verdict | None:
     message = not_created_message(events)
     if message is None or quota_waiting(message):
         return None
-    return Verdict(Outcome.POD_NOT_CREATED, None, None, f"the pod could not be created: {message}")
+    return Verdict(Outcome.POD_NOT_CREATED, None, None, not_created_error(message))
+
+
+_NOT_CREATED_CAUSES = (
+    (
+        ("serviceaccount", "not found"),
+        "its service account (INTERNAL_SERVICE_ACCOUNT_NAME) is missing",
+    ),
+    (("exceeded quota",), "it asks for more than a ResourceQuota of the namespace ever allows"),
+    (("podsecurity",), "it violates the namespace's Pod Security level"),
+    (("admission webhook",), "an admission webhook of the cluster refused it"),
+    (("validatingadmissionpolicy",), "an admission policy of the cluster refused it"),
+)
+
+
+def not_created_error(message: str) -> str:
+    """The producer's text for a pod the Job controller could not create: the cause in a few
+    fixed words, without the names and numbers of the cluster's internals (the controller's own
+    message is in the worker's log and in the Job's events)."""
+    lowered = message.lower()
+    for needles, cause in _NOT_CREATED_CAUSES:
+        if all(needle in lowered for needle in needles):
+            return f"the pod could not be created: {cause}"
+    return "the pod could not be created: the cluster refused it (the Job's events say why)"
 
 
 def judge_queue_timeout(waited_seconds: int, why: str | None) -> Verdict:
