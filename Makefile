@@ -45,7 +45,7 @@ test: venv check up image  ## the whole suite on the real stack (what CI runs)
 bench: venv up  ## benchmarks (tables on stdout)
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
 
-chaos: venv up image  ## fault scenarios with 100+ tasks each (about 20 minutes); writes docs/reliability.md
+chaos: venv up image  ## fault scenarios with 100+ tasks each (about 12 minutes); writes docs/reliability.md
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write
 
 docs: venv  ## regenerate the README's settings table from the code

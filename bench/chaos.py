@@ -13,6 +13,7 @@ and time and talks only to the local broker and cluster.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from dispatcher.kube.outcome import RESULT_DELETED_ERROR
 from dispatcher.messages.task import parse_task
 
 LOG_DIR = LOCAL / "logs" / "chaos"
+STACK_RUN = "/run/dispatcher-stack"  # where the local stack records its PIDs (stack/lib.sh)
 DELETED = "the Job was deleted before it finished"
 Expect = Callable[[dict[str, Any]], bool]
 
@@ -311,7 +313,36 @@ def api_unreachable() -> Row:
     finally:
         proxy.close()
         kubeconfig.unlink(missing_ok=True)
-    return judge("API server unreachable for 30 s", expect_own(tasks), answers.answers, fault_end)
+    return judge(
+        "the worker cut off from the API server (connections refused) for 30 s",
+        expect_own(tasks),
+        answers.answers,
+        fault_end,
+    )
+
+
+def api_server_stopped() -> Row:
+    """The kube-apiserver process itself is stopped (SIGSTOP to its recorded process group) for
+    30 s: every client's requests hang, the Job controller's too; then it continues."""
+    tasks = burst(COUNT)
+    pid = int(Path(f"{STACK_RUN}/pids/kube-apiserver.pid").read_text())
+    with installation() as (instance, broker, _), Collector(instance) as answers:
+        publish_all(broker, tasks)
+        answers.wait_for(set(tasks), 120, at_least=30)
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            time.sleep(30)
+        finally:
+            os.killpg(pid, signal.SIGCONT)
+        fault_end = time.monotonic()
+        answers.wait_for(set(tasks), TIMEOUT)
+        time.sleep(3)
+    return judge(
+        "kube-apiserver stopped (SIGSTOP) for 30 s",
+        expect_own(tasks),
+        answers.answers,
+        fault_end,
+    )
 
 
 def delivered_twice() -> Row:
@@ -593,6 +624,7 @@ SCENARIOS: dict[str, Callable[[], Row]] = {
     "worker-sigkill": worker_sigkill,
     "broker-restart": broker_restart,
     "api-unreachable": api_unreachable,
+    "api-server-stopped": api_server_stopped,
     "delivered-twice": delivered_twice,
     "replicas-one-killed": replicas_one_killed,
     "rolling-update": rolling_update,

@@ -629,6 +629,21 @@ def test_a_copy_of_the_same_finalize_task_running_at_once_is_a_rival(
     assert publisher.published == []
 
 
+def test_a_failed_answer_lets_go_of_its_claim_so_a_redelivered_copy_answers_at_once() -> None:
+    kube = FakeKube()
+    job = ended_job(kube)
+    gone = ConnectionResetError(104, "broker connection lost")
+
+    with pytest.raises(ConnectionResetError):
+        run(kube, FakePublisher(error=gone), job)
+    assert CLAIM_ANNOTATION not in kube.annotations("t-1")
+    publisher = FakePublisher()
+    result = run(kube, publisher, job)  # the same message, delivered again: the same attempt
+
+    assert result.state is Finalized.ANSWERED
+    assert len(publisher.published) == 1
+
+
 def test_a_claim_taken_over_while_the_logs_were_read_is_not_answered_twice() -> None:
     kube, publisher = FakeKube(), FakePublisher()
     job = ended_job(kube)

@@ -112,7 +112,11 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
             return Result(Finalized.RUNNING)
         claim = _claim(job, ctx, now)
         if isinstance(claim, dict):
-            return _answer_and_release(claim, verdict, ctx, now)
+            try:
+                return _answer_and_release(claim, verdict, ctx, now)
+            except Exception:
+                _drop_claim(job_name, ctx)  # a retry, or a redelivered copy, need not wait
+                raise
         if claim is _Claim.HELD_ELSEWHERE or round_ == 2:
             break
     return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
@@ -340,6 +344,29 @@ def _patch_claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, 
         }
     }
     return ctx.kube.patch_job(meta["name"], patch)
+
+
+def _drop_claim(job_name: str, ctx: Context) -> None:
+    """After a failure (the broker went away mid-answer), let go of our claim if it is still
+    ours and the Job unanswered, so the next try need not wait for it to expire. Best effort:
+    a claim left behind only expires after CLAIM_TTL."""
+    try:
+        job = ctx.kube.get_job(job_name)
+        meta = (job or {}).get("metadata", {})
+        annotations = meta.get("annotations") or {}
+        claim = annotations.get(CLAIM_ANNOTATION, "")
+        if job is None or RESPONDED_ANNOTATION in annotations:
+            return
+        if claim.rsplit(" ", 1)[0] == ctx.claimant:
+            patch = {
+                "metadata": {
+                    "resourceVersion": meta["resourceVersion"],
+                    "annotations": {CLAIM_ANNOTATION: None},
+                }
+            }
+            ctx.kube.patch_job(job_name, patch)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the caller must see
+        log.debug("could not let go of the claim on Job %s: %s", job_name, exc)
 
 
 def _ours_earlier(claim: str, ctx: Context) -> bool:
