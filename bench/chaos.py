@@ -691,6 +691,14 @@ Notes:
 
 {notes}
 
+Recovery times vary from run to run. A Job claimed by a worker that was killed mid-answer is
+taken over only when the claim expires (`CLAIM_TTL`, two minutes), which is why a scenario that
+kills a worker sometimes recovers in about 120 s instead of a few seconds. After a RabbitMQ
+restart the worker's Celery connection has, in some runs, stayed half-open until the AMQP
+heartbeat declared it dead (recoveries of 13 to 125 s were seen). A repeat is the same run's
+answer published again after a failure between publishing and marking the Job (at-least-once,
+same `message_id`).
+
 How each scenario is staged is in [`bench/chaos.py`](../bench/chaos.py); the guarantees behind
 the figures are in [architecture](architecture.md#why-nothing-is-lost).
 """
