@@ -213,6 +213,37 @@ class Settings:
         "it above the longest time no worker may run (a Job it deletes unanswered is still "
         "answered, but its pod and output are gone).",
     )
+    task_max_env_vars: int = _setting(
+        "TASK_MAX_ENV_VARS",
+        64,
+        parsers.integer(0, 1024),
+        "Most environment variables a task may set with its env field (0: env not allowed).",
+    )
+    task_max_env_bytes: int = _setting(
+        "TASK_MAX_ENV_BYTES",
+        32768,
+        parsers.integer(0, 1048576),
+        "Most bytes of names and values a task's env may total.",
+    )
+    task_max_cpu: str = _setting(
+        "TASK_MAX_CPU",
+        "2",
+        parsers.quantity,
+        "Largest CPU request a task may ask for in resources.cpu (empty: no limit).",
+    )
+    task_max_memory: str = _setting(
+        "TASK_MAX_MEMORY",
+        "4Gi",
+        parsers.quantity,
+        "Largest memory request a task may ask for in resources.memory (empty: no limit).",
+    )
+    progress_exchange_name: str = _setting(
+        "PROGRESS_EXCHANGE_NAME",
+        "",
+        parsers.amqp_name(allow_empty=True),
+        "Topic exchange that gets one small JSON event per task state change (queued, running, "
+        "succeeded, failed), routing key = the task id (empty: no events).",
+    )
     job_image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = _setting(
         "JOB_IMAGE_PULL_POLICY",
         "IfNotPresent",

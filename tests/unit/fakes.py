@@ -22,12 +22,13 @@ from dispatcher.config import Settings
 from dispatcher.errors import ConflictError, KubeError, NotFoundError, PermanentKubeError
 from dispatcher.kube.conventions import CONTAINER_NAME, CONTROLLER_UID_LABEL, JOB_NAME_LABEL
 from dispatcher.kube.jobspec import build_job
+from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task
 
 if TYPE_CHECKING:
-    from dispatcher.core.ports import KubeGateway, ResponsePublisher
+    from dispatcher.core.ports import EventPublisher, KubeGateway, ResponsePublisher
 
 KubeObject = dict[str, Any]
 
@@ -334,9 +335,22 @@ class FakePublisher:
         return [item.response for item in self.published]
 
 
+class FakeEvents:
+    """Records each progress event with its correlation id and message id."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[ProgressEvent, str | None, str]] = []
+
+    def publish_event(
+        self, event: ProgressEvent, correlation_id: str | None, message_id: str
+    ) -> None:
+        self.events.append((event, correlation_id, message_id))
+
+
 if TYPE_CHECKING:  # the fakes must keep fitting the ports they stand in for
     _kube: KubeGateway = FakeKube()
     _publisher: ResponsePublisher = FakePublisher()
+    _events: EventPublisher = FakeEvents()
 
 
 # --- canned objects ---------------------------------------------------------------------------
@@ -477,6 +491,11 @@ def make_pod(
             "resourceVersion": "48300",
             "creationTimestamp": T0,
             "labels": dict(template["metadata"]["labels"]),
+            **(
+                {"annotations": dict(template["metadata"]["annotations"])}
+                if template["metadata"].get("annotations")
+                else {}
+            ),
             "ownerReferences": [
                 {
                     "apiVersion": "batch/v1",

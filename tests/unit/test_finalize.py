@@ -850,3 +850,21 @@ def test_a_cluster_autoscaler_adding_a_node_turns_cannot_be_scheduled_into_a_wai
 
     assert run(kube, publisher, job).state is Finalized.RUNNING
     assert publisher.responses == []
+
+
+def test_a_tasks_own_timeout_is_named_in_the_deadline_error() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = create_job_for(kube, dataclasses.replace(TASK, timeout_seconds=30))
+    kube.add_pod(
+        make_pod(job, phase="Failed", state=terminated(137, "Error"), reason="DeadlineExceeded")
+    )
+    kube.logs[POD] = "started\n"
+    kube.update_status("t-1", DEADLINE)
+
+    run(kube, publisher, job)
+
+    assert publisher.responses == [
+        Response(
+            id="t-1", output="started\n", error="deadline exceeded: the task ran longer than 30 s"
+        )
+    ]

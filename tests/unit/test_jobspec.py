@@ -83,7 +83,10 @@ def test_full_task_becomes_this_job() -> None:
                 ]
             },
             "template": {
-                "metadata": {"labels": LABELS},
+                "metadata": {
+                    "labels": LABELS,
+                    "annotations": {"job-dispatcher.io/correlation-id": "c-42"},
+                },
                 "spec": {
                     "restartPolicy": "Never",
                     "serviceAccountName": "job-runner",
@@ -183,7 +186,8 @@ def test_resources_come_from_settings(env: dict[str, str], resources: dict[str, 
         pytest.param({"hostNetwork": True, "hostPID": True}, id="host-network"),
         pytest.param({"labels": {"job-dispatcher.io/instance": "other"}}, id="labels"),
         pytest.param({"activeDeadlineSeconds": 999999}, id="deadline"),
-        pytest.param({"resources": {"limits": {"cpu": "64"}}}, id="resources"),
+        pytest.param({"Resources": {"limits": {"cpu": "64"}}}, id="resources-not-the-field"),
+        pytest.param({"envFrom": [{"secretRef": {"name": "db"}}]}, id="env-from"),
     ],
 )
 def test_task_fields_outside_the_contract_change_nothing(extra: dict[str, Any]) -> None:
@@ -206,3 +210,54 @@ def test_unbounded_queueing_sets_no_job_deadline_but_keeps_the_pods() -> None:
 
     assert "activeDeadlineSeconds" not in job["spec"]  # waiting for room is never a failure
     assert job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 600
+
+
+def test_a_tasks_env_follows_task_id_and_cannot_replace_it() -> None:
+    job = job_for({**TASK_BODY, "env": {"B": "2", "A": "1"}})
+
+    assert job["spec"]["template"]["spec"]["containers"][0]["env"] == [
+        {"name": "TASK_ID", "value": "t-1"},
+        {"name": "A", "value": "1"},
+        {"name": "B", "value": "2"},
+    ]
+
+
+def test_a_tasks_timeout_is_its_pods_deadline_and_moves_the_jobs_backstop() -> None:
+    job = job_for({**TASK_BODY, "timeout_seconds": 30})
+
+    assert job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 30
+    assert job["spec"]["activeDeadlineSeconds"] == 1200 + 30 + 300
+
+
+@pytest.mark.parametrize(
+    ("asked", "resources"),
+    [
+        pytest.param(
+            {"cpu": "250m"},
+            {
+                "requests": {"cpu": "250m", "memory": "64Mi"},
+                "limits": {"cpu": "1", "memory": "256Mi"},
+            },
+            id="cpu-within-the-limit",
+        ),
+        pytest.param(
+            {"memory": "1Gi", "cpu": "2"},
+            {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+            id="limits-raised-to-the-request",
+        ),
+    ],
+)
+def test_a_tasks_resources_are_its_requests(
+    asked: dict[str, str], resources: dict[str, Any]
+) -> None:
+    job = job_for({**TASK_BODY, "resources": asked})
+
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == resources
+
+
+def test_the_pod_carries_the_correlation_id_for_its_progress_events() -> None:
+    job = job_for(TASK_BODY, ReplyRoute(correlation_id="c-9"))
+
+    metadata = job["spec"]["template"]["metadata"]
+    assert metadata["annotations"] == {"job-dispatcher.io/correlation-id": "c-9"}
+    assert "annotations" not in job_for(TASK_BODY)["spec"]["template"]["metadata"]

@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import InvalidTaskError
-from dispatcher.messages.task import Task, parse_task, peek_task_id
+from dispatcher.messages.task import (
+    Cancel,
+    Resources,
+    Task,
+    TaskPolicy,
+    parse_message,
+    parse_task,
+    peek_task_id,
+)
 
 VALID: dict[str, Any] = {
     "id": "t-1",
@@ -24,9 +32,9 @@ def body(**changes: Any) -> bytes:
     return json.dumps({k: v for k, v in document.items() if v is not ...}).encode()
 
 
-def refusal(raw: bytes | str, **kwargs: Any) -> InvalidTaskError:
+def refusal(raw: bytes | str, **policy: Any) -> InvalidTaskError:
     with pytest.raises(InvalidTaskError) as caught:
-        parse_task(raw, **kwargs)
+        parse_task(raw, TaskPolicy(**policy))
     return caught.value
 
 
@@ -63,7 +71,7 @@ def test_str_body_and_utf8_bom_are_accepted() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    task = parse_task(body(namespace="kube-system", privileged=True, hostPath="/", env={"A": "1"}))
+    task = parse_task(body(namespace="kube-system", privileged=True, hostPath="/", envFrom=["x"]))
 
     assert task == parse_task(body())
 
@@ -327,7 +335,7 @@ def test_image_outside_the_allowlist_is_refused(image: str, error: str) -> None:
 def test_image_inside_the_allowlist_is_accepted() -> None:
     task = parse_task(
         body(image="docker.io/library/busybox"),
-        allowed_image_prefixes=["localhost/", "docker.io/library/"],
+        TaskPolicy(allowed_image_prefixes=["localhost/", "docker.io/library/"]),
     )
 
     assert task.image == "docker.io/library/busybox"
@@ -398,3 +406,182 @@ def test_peek_task_id_reads_what_it_can_and_never_raises(
     raw: bytes | str, task_id: str | None
 ) -> None:
     assert peek_task_id(raw) == task_id
+
+
+# --- the optional additions: env, timeout_seconds, resources -------------------------------------
+
+
+def test_env_timeout_and_resources_are_parsed() -> None:
+    task = parse_task(
+        body(env={"B": "2", "A_1": ""}, timeout_seconds=30.0, resources={"cpu": "250m"})
+    )
+
+    assert task.env == {"B": "2", "A_1": ""}
+    assert task.timeout_seconds == 30
+    assert task.resources == Resources(cpu="250m")
+    assert task.to_json() == {
+        **VALID,
+        "env": {"A_1": "", "B": "2"},
+        "timeout_seconds": 30,
+        "resources": {"cpu": "250m"},
+    }
+
+
+def test_a_task_without_the_additions_keeps_its_digest() -> None:
+    # The hash of a task of the original contract must not change: Jobs made before still match.
+    assert parse_task(body()).digest() == parse_task(body(env=None, resources=None)).digest()
+    assert parse_task(body()).digest() != parse_task(body(env={})).digest()
+
+
+@pytest.mark.parametrize(
+    ("changes", "policy", "error"),
+    [
+        pytest.param(
+            {"env": ["A=1"]}, {}, "env: must be an object of strings, got array", id="env-type"
+        ),
+        pytest.param(
+            {"env": {"A": 1}}, {}, "env.A: must be a string, got number", id="env-value-type"
+        ),
+        pytest.param(
+            {"env": {"1A": "x"}},
+            {},
+            "env.1A: names must be letters, digits and '_', not starting with a digit",
+            id="env-name",
+        ),
+        pytest.param(
+            {"env": {"TASK_ID": "other"}},
+            {},
+            "env.TASK_ID: is set by the dispatcher and cannot be overridden",
+            id="env-reserved",
+        ),
+        pytest.param(
+            {"env": {"A": "1", "B": "2", "C": "3"}},
+            {"max_env_vars": 2},
+            "env: must have at most 2 variables (TASK_MAX_ENV_VARS), got 3",
+            id="env-count",
+        ),
+        pytest.param(
+            {"env": {"A": "x" * 20}},
+            {"max_env_bytes": 10},
+            "env: names and values must total at most 10 bytes (TASK_MAX_ENV_BYTES), got 21",
+            id="env-bytes",
+        ),
+        pytest.param(
+            {"timeout_seconds": 0},
+            {},
+            "timeout_seconds: must be a whole number of seconds from 1 to 3600 "
+            "(JOB_MAX_RUN_SECONDS), got 0",
+            id="timeout-zero",
+        ),
+        pytest.param(
+            {"timeout_seconds": 7200},
+            {},
+            "timeout_seconds: must be a whole number of seconds from 1 to 3600 "
+            "(JOB_MAX_RUN_SECONDS), got 7200",
+            id="timeout-over-the-maximum",
+        ),
+        pytest.param(
+            {"timeout_seconds": "60"},
+            {},
+            "timeout_seconds: must be a whole number of seconds from 1 to 3600 "
+            "(JOB_MAX_RUN_SECONDS), got string",
+            id="timeout-type",
+        ),
+        pytest.param(
+            {"timeout_seconds": 1.5},
+            {},
+            "timeout_seconds: must be a whole number of seconds from 1 to 3600 "
+            "(JOB_MAX_RUN_SECONDS), got 1.5",
+            id="timeout-fraction",
+        ),
+        pytest.param(
+            {"timeout_seconds": True},
+            {},
+            "timeout_seconds: must be a whole number of seconds from 1 to 3600 "
+            "(JOB_MAX_RUN_SECONDS), got boolean",
+            id="timeout-boolean",
+        ),
+        pytest.param(
+            {"resources": {"gpu": "1"}},
+            {},
+            "resources.gpu: is not a resource a task may request; allowed: cpu, memory",
+            id="resources-unknown",
+        ),
+        pytest.param(
+            {"resources": {"memory": "8Gi"}},
+            {},
+            "resources.memory: must be at most 4Gi (TASK_MAX_MEMORY), got '8Gi'",
+            id="memory-over-the-maximum",
+        ),
+        pytest.param(
+            {"resources": {"cpu": "3"}},
+            {},
+            "resources.cpu: must be at most 2 (TASK_MAX_CPU), got '3'",
+            id="cpu-over-the-maximum",
+        ),
+        pytest.param(
+            {"resources": {"cpu": "lots"}},
+            {},
+            "resources.cpu: must be a Kubernetes quantity such as 500m, 0.5, 256Mi or 1Gi, "
+            "got 'lots'",
+            id="cpu-not-a-quantity",
+        ),
+        pytest.param(
+            {"resources": {"cpu": 1}},
+            {},
+            "resources.cpu: must be a Kubernetes quantity string such as 500m or 256Mi, got number",
+            id="cpu-number",
+        ),
+        pytest.param(
+            {"resources": {"memory": "0"}},
+            {},
+            "resources.memory: must be more than 0, got '0'",
+            id="memory-zero",
+        ),
+        pytest.param(
+            {"resources": "big"},
+            {},
+            "resources: must be an object with cpu and/or memory, got string",
+            id="resources-type",
+        ),
+    ],
+)
+def test_additions_outside_the_policy_are_refused_naming_field_and_limit(
+    changes: dict[str, Any], policy: dict[str, Any], error: str
+) -> None:
+    refused = refusal(body(**changes), **policy)
+
+    assert str(refused) == error
+    assert refused.task_id == "t-1"
+
+
+def test_an_empty_maximum_means_no_limit() -> None:
+    task = parse_task(body(resources={"memory": "64Gi"}), TaskPolicy(max_memory=""))
+
+    assert task.resources == Resources(memory="64Gi")
+
+
+# --- cancel requests ---------------------------------------------------------------------------
+
+
+def test_a_cancel_request_is_parsed() -> None:
+    assert parse_message(b'{"cancel": "t-1"}') == Cancel("t-1")
+    assert parse_message(body()) == parse_task(body())
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "task_id"),
+    [
+        pytest.param(b'{"cancel": "T 1"}', "cancel: must be an RFC 1035 label", "T 1", id="bad"),
+        pytest.param(b'{"cancel": 7}', "cancel: must be a string, got number", None, id="type"),
+        pytest.param(b'{"cancel": ""}', "cancel: must not be empty", None, id="empty"),
+    ],
+)
+def test_a_bad_cancel_request_names_the_cancel_field(
+    raw: bytes, error: str, task_id: str | None
+) -> None:
+    with pytest.raises(InvalidTaskError) as caught:
+        parse_message(raw)
+
+    assert str(caught.value).startswith(error)
+    assert caught.value.task_id == task_id

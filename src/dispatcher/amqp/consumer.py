@@ -7,20 +7,23 @@ message (`TASK_ACK_MODE=confirmed`). With `TASK_ACK_MODE=immediate` it acks firs
 original service did. Message bodies are never decoded by kombu: we parse bytes ourselves.
 
 Back-pressure: when `MAX_ACTIVE_JOBS` is reached, a valid task is put back on its queue and the
-consumer cancels its subscription until Jobs end; invalid messages are still answered at once.
+consumer cancels its subscription until Jobs end; invalid messages are still answered at once,
+and cancel requests (``{"cancel": "<task id>"}``) are handed to `dispatcher.cancel` whatever the
+limit (stopping a task only makes room).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from celery import bootsteps
 from kombu import Consumer
 from kombu.message import Message
 
-from dispatcher.amqp.topology import SUBMIT_TASK, response_queue, task_queue
-from dispatcher.core.intake import Accepted, Rejected, take
+from dispatcher.amqp.topology import CANCEL_TASK, SUBMIT_TASK, response_queue, task_queue
+from dispatcher.core.intake import Accepted, CancelRequested, Rejected, take
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +101,29 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         if not immediate:
             message.ack()
 
-    def handle(self, outcome: Accepted | Rejected) -> None:
+    def handle(self, outcome: Accepted | CancelRequested | Rejected) -> None:
         if isinstance(outcome, Rejected):
             self.runtime.metrics.tasks_invalid.inc()
             log.info("rejected a task message: %s", outcome.response.error)
             self.runtime.publisher.publish(outcome.response, outcome.route, outcome.message_id)
             return
+        if isinstance(outcome, CancelRequested):
+            self._hand_over_cancel(outcome)
+            return
         self._hand_over(outcome)
+
+    def _hand_over_cancel(self, request: CancelRequested) -> None:
+        task_id, route = request.cancel.id, request.route
+        self.app.tasks[CANCEL_TASK].apply_async(
+            args=[task_id, route.to_json()], task_id=f"cancel.{task_id}.{uuid.uuid4().hex[:12]}"
+        )
+        log.info("cancel of task %s handed to %s", task_id, CANCEL_TASK)
 
     def _hand_over(self, accepted: Accepted) -> None:
         task, route = accepted.task, accepted.route
-        route_json = {"correlation_id": route.correlation_id, "reply_to": route.reply_to}
         self.runtime.admission.handed_over(task.id)
         self.app.tasks[SUBMIT_TASK].apply_async(
-            args=[task.to_json(), route_json], task_id=f"submit.{task.id}.{task.digest()[:12]}"
+            args=[task.to_json(), route.to_json()], task_id=f"submit.{task.id}.{task.digest()[:12]}"
         )
         log.info("task %s handed to %s", task.id, SUBMIT_TASK)
 

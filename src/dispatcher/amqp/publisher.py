@@ -1,4 +1,5 @@
-"""Publishes responses: persistent JSON, confirmed by the broker before `publish` returns.
+"""Publishes responses: persistent JSON, confirmed by the broker before `publish` returns; and,
+when PROGRESS_EXCHANGE_NAME is set, progress events (transient, not retried: best effort).
 
 A response goes to the task's `reply_to` queue (through the default exchange, `mandatory`) when
 the task message set one, otherwise to the response exchange with the response routing key. A
@@ -11,14 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dispatcher.amqp.topology import response_exchange, response_queue
+from dispatcher.amqp.topology import progress_exchange, response_exchange, response_queue
 from dispatcher.config import Settings
+from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 
 log = logging.getLogger(__name__)
 
 CONFIRM_TIMEOUT_SECONDS = 20.0
+EVENT_CONFIRM_TIMEOUT_SECONDS = 5.0
 RETRY_POLICY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5}
 
 
@@ -30,6 +33,7 @@ class AmqpResponsePublisher:
         self._settings = settings
         self._exchange = response_exchange(settings)
         self._queue = response_queue(settings)
+        self._progress = progress_exchange(settings)
 
     def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None:
         properties: dict[str, Any] = {"message_id": message_id}
@@ -91,3 +95,26 @@ class AmqpResponsePublisher:
             finally:
                 events.discard(on_return)
         return routing_key not in returned
+
+    def publish_event(
+        self, event: ProgressEvent, correlation_id: str | None, message_id: str
+    ) -> None:
+        """One progress event to the progress exchange, routing key = the task id. Not retried
+        and not persistent: a lost event costs a line of progress, never an answer."""
+        if self._progress is None:
+            return
+        properties: dict[str, Any] = {"message_id": message_id}
+        if correlation_id:
+            properties["correlation_id"] = correlation_id
+        with self._pool.acquire(block=True, timeout=10) as producer:
+            producer.publish(
+                event.encode(),
+                exchange=self._progress,
+                routing_key=event.id,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=1,
+                declare=[self._progress],
+                confirm_timeout=EVENT_CONFIRM_TIMEOUT_SECONDS,
+                **properties,
+            )

@@ -9,6 +9,7 @@ from dispatcher.config import Settings
 
 SUBMIT_TASK = "dispatcher.submit"
 FINALIZE_TASK = "dispatcher.finalize"
+CANCEL_TASK = "dispatcher.cancel"
 
 
 def task_exchange(settings: Settings) -> Exchange:
@@ -43,3 +44,11 @@ def response_queue(settings: Settings) -> Queue:
 def internal_queue(settings: Settings) -> Queue:
     """The Celery queue carrying the short submit and finalize tasks."""
     return Queue(settings.celery_queue_name, durable=True)
+
+
+def progress_exchange(settings: Settings) -> Exchange | None:
+    """The topic exchange of the progress events (routing key: the task id), or None when
+    PROGRESS_EXCHANGE_NAME is empty."""
+    if not settings.progress_exchange_name:
+        return None
+    return Exchange(settings.progress_exchange_name, type="topic", durable=True)

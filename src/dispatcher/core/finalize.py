@@ -17,19 +17,21 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway, ResponsePublisher
+from dispatcher.core.progress import Progress
 from dispatcher.errors import ConflictError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
+    CANCELLED_ANNOTATION,
     CLAIM_ANNOTATION,
     CONTAINER_NAME,
     RESPONDED_ANNOTATION,
-    owned_labels,
+    owns,
     pods_of_job,
 )
 from dispatcher.kube.outcome import (
@@ -38,6 +40,7 @@ from dispatcher.kube.outcome import (
     Stuck,
     Verdict,
     job_finished,
+    judge_cancelled,
     judge_deleted,
     judge_finished,
     judge_not_created,
@@ -84,6 +87,9 @@ class Context:
     logs_optional: bool = False  # answer without the logs if they still cannot be read
     attempt: int = 0  # which execution of the finalize task this is (0 first, then retries)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    progress: Progress = field(
+        default_factory=Progress
+    )  # announces the answered task (does nothing when off)
 
     @property
     def claimant(self) -> str:
@@ -143,6 +149,7 @@ def _answer_and_release(
     answered: set[ReplyRoute] = set()
     _publish(response, _annotations(renewed), base, ctx, answered)
     _release_answered(renewed, ctx, now, response=response, base_id=base, answered=answered)
+    ctx.progress.finished(renewed, response)
     log.info("answered Job %s: %s", job_name, verdict.outcome.name)
     return Result(Finalized.ANSWERED, verdict, age_seconds=_age(job, now))
 
@@ -243,11 +250,9 @@ def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
     queue timeout)."""
     uid = job["metadata"]["uid"]
     pods = ctx.kube.list_pods(pods_of_job(uid))
-    max_run = ctx.settings.job_max_run_seconds
-    if job["metadata"].get("deletionTimestamp"):  # deleted by someone else; held by our finalizer
-        return judge_deleted(job, pods, max_run_seconds=max_run)
-    if job_finished(job):
-        return judge_finished(job, pods, max_run_seconds=max_run)
+    ended = _judge_ended(job, pods, ctx)
+    if ended is not None:
+        return ended
     for pod in pods:
         stuck = pod_stuck(pod)
         if stuck is not None and not _scaling_up(pod, stuck, ctx):
@@ -264,6 +269,20 @@ def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
             log.warning("Job %s: the Job controller cannot create its pod: %s", uid, why)
             return verdict
     return _queue_timeout(job, pods, events, ctx, now)
+
+
+def _judge_ended(job: dict[str, Any], pods: list[dict[str, Any]], ctx: Context) -> Verdict | None:
+    """The verdict on a Job that ended, was cancelled, or was deleted by someone else (held by
+    our finalizer); None while it has not ended."""
+    meta, max_run = job["metadata"], ctx.settings.job_max_run_seconds
+    deleting, finished = bool(meta.get("deletionTimestamp")), job_finished(job)
+    if CANCELLED_ANNOTATION in (meta.get("annotations") or {}) and (deleting or finished):
+        return judge_cancelled(pods)  # stopped by a cancel request: its logs so far
+    if deleting:
+        return judge_deleted(job, pods, max_run_seconds=max_run)
+    if finished:
+        return judge_finished(job, pods, max_run_seconds=max_run)
+    return None
 
 
 def _scaling_up(pod: dict[str, Any], stuck: Stuck, ctx: Context) -> bool:
@@ -293,11 +312,7 @@ def _queue_timeout(
 
 def _ours(job: dict[str, Any], ctx: Context) -> bool:
     """Only Jobs of this installation are answered (events can name any Job in the namespace)."""
-    labels = job["metadata"].get("labels") or {}
-    return labels == {
-        **labels,
-        **owned_labels(ctx.settings.dispatcher_name, job["metadata"]["name"]),
-    }
+    return owns(job, ctx.settings.dispatcher_name)
 
 
 class _Claim(enum.Enum):

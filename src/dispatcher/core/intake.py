@@ -1,6 +1,7 @@
 """Intake: what to do with one raw task message, decided without any I/O.
 
-A valid body becomes `Accepted` (the task and where to reply); anything else becomes `Rejected`,
+A valid body becomes `Accepted` (the task and where to reply), a valid cancel request
+(``{"cancel": "<task id>"}``) `CancelRequested`; anything else becomes `Rejected`,
 carrying the error response to publish at once — with the task's `id` whenever the message had a
 string id, even an invalid one, so the sender can tell which task it was. Nothing here raises on
 bad input.
@@ -17,12 +18,18 @@ from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError
 from dispatcher.messages.response import Response, error_response
 from dispatcher.messages.route import ReplyRoute
-from dispatcher.messages.task import Task, parse_task, peek_task_id
+from dispatcher.messages.task import Cancel, Task, TaskPolicy, parse_message, peek_task_id
 
 
 @dataclass(frozen=True)
 class Accepted:
     task: Task
+    route: ReplyRoute
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    cancel: Cancel
     route: ReplyRoute
 
 
@@ -47,14 +54,10 @@ def route_from_properties(properties: Mapping[str, Any]) -> ReplyRoute:
 
 def take(
     body: bytes | str, properties: Mapping[str, Any], settings: Settings
-) -> Accepted | Rejected:
+) -> Accepted | CancelRequested | Rejected:
     route = route_from_properties(properties)
     try:
-        task = parse_task(
-            body,
-            max_bytes=settings.max_task_bytes,
-            allowed_image_prefixes=settings.allowed_image_prefixes,
-        )
+        message = parse_message(body, TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
         digest = hashlib.sha256(raw).hexdigest()[:16]
@@ -62,4 +65,6 @@ def take(
         # of an oversized body only the head is read for it.
         response = error_response(exc, exc.task_id or peek_task_id(raw))
         return Rejected(response, route, f"invalid.{digest}")
-    return Accepted(task, route)
+    if isinstance(message, Cancel):
+        return CancelRequested(message, route)
+    return Accepted(message, route)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from dispatcher.kube.lister import Lister
+from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 
@@ -47,3 +48,11 @@ class ResponsePublisher(Protocol):
     """Publishes one response durably (returns once the broker confirmed it)."""
 
     def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None: ...
+
+
+class EventPublisher(Protocol):
+    """Publishes one progress event, best effort (it may raise; callers log and go on)."""
+
+    def publish_event(
+        self, event: ProgressEvent, correlation_id: str | None, message_id: str
+    ) -> None: ...

@@ -62,12 +62,14 @@ class Reactor:
         queue_timeout_seconds: float = 0,
         keep_answered: bool = False,
         on_job_seen: Callable[[str], None] | None = None,
+        on_started: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
         self._queue_timeout = queue_timeout_seconds
         self._keep_answered = keep_answered  # answered Jobs that ran to their end stay a while
         self._on_job_seen = on_job_seen or (lambda name: None)
+        self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
         self._stuck: set[str] = set()  # Pod uids whose grace period is running
@@ -213,7 +215,10 @@ class Reactor:
             return
         if pod_started(pod):
             with self._lock:
+                first = job_uid not in self._started
                 self._started.add(job_uid)
+            if first:
+                self._on_started(pod)
         stuck = pod_stuck(pod)
         if stuck is None:
             return

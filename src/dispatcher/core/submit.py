@@ -15,6 +15,7 @@ import logging
 
 from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway
+from dispatcher.core.progress import Progress
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION
 from dispatcher.kube.jobspec import build_job
@@ -34,18 +35,27 @@ class Submitted(enum.Enum):
     ANSWERED = "answered before"  # the same task already ran and was answered: answer again
 
 
-def submit(task: Task, route: ReplyRoute, *, kube: KubeGateway, settings: Settings) -> Submitted:
+def submit(
+    task: Task,
+    route: ReplyRoute,
+    *,
+    kube: KubeGateway,
+    settings: Settings,
+    progress: Progress | None = None,
+) -> Submitted:
     """Create the Job for `task`, or join the identical one that already exists (and have its
-    answer sent to this task's route too).
+    answer sent to this task's route too). A created Job is announced as queued.
 
     Raises TaskConflictError when a different task holds the id, and KubeError otherwise.
     """
     manifest = build_job(task, route, settings)
     try:
-        kube.create_job(manifest)
+        created = kube.create_job(manifest)
     except ConflictError:
         return _join(task, route, kube)
     log.info("created Job %s for image %s", task.id, task.image)
+    if progress is not None:
+        progress.queued(created)
     return Submitted.CREATED
 
 

@@ -23,6 +23,8 @@ MORE_ROUTES_ANNOTATION: Final = "job-dispatcher.io/more-routes"
 """JSON list of ``{"correlation_id", "reply_to"}``: identical tasks that joined the Job later."""
 RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
 """RFC 3339 time at which the response was published."""
+CANCELLED_ANNOTATION: Final = "job-dispatcher.io/cancelled"
+"""RFC 3339 time at which a cancel request stopped the Job: it is answered ``cancelled``."""
 CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
 """``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
 
@@ -56,6 +58,17 @@ def owned_labels(dispatcher_name: str, task_id: str) -> dict[str, str]:
         INSTANCE_LABEL: dispatcher_name,
         TASK_ID_LABEL: task_id,
     }
+
+
+def owns(job: dict[str, object], dispatcher_name: str) -> bool:
+    """True when the Job (a JSON dict) was made by the installation ``dispatcher_name``: it
+    carries that installation's labels for its own name."""
+    meta = job.get("metadata")
+    if not isinstance(meta, dict):
+        return False
+    labels = meta.get("labels") or {}
+    expected = owned_labels(dispatcher_name, str(meta.get("name", "")))
+    return isinstance(labels, dict) and all(labels.get(k) == v for k, v in expected.items())
 
 
 def pods_of_job(job_uid: str) -> str:

@@ -1,21 +1,26 @@
 """The Kubernetes Job manifest for a task, as a plain JSON-able dict.
 
 :func:`build_job` is the only place that decides what a task's pod looks like. The task chooses
-the image, command, arguments, working directory and mount path; everything that matters for
-safety (namespace, service account, privileges, volumes, deadlines, resources) comes from
-operator settings. The Job runs one pod, never restarted in place; a pod lost to a disruption
-(eviction, preemption, node drain) is retried, a container that fails is not
-(``backoffLimit: 0`` plus a pod failure policy). The workload learns its task id from ``TASK_ID``.
+the image, command, arguments, working directory and mount path, and may set environment
+variables (never ``TASK_ID``), its own time limit (within ``JOB_MAX_RUN_SECONDS``) and its CPU
+and memory requests (within the per-task maxima), all bounded by
+:func:`~dispatcher.messages.task.parse_task`. Everything that matters for safety (namespace,
+service account, privileges, volumes, limits) comes from operator settings. The Job runs one
+pod, never restarted in place; a pod lost to a disruption (eviction, preemption, node drain) is
+retried, a container that fails is not (``backoffLimit: 0`` plus a pod failure policy). The
+workload learns its task id from ``TASK_ID``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+from dispatcher import parsers
 from dispatcher.config import Settings
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CONTAINER_NAME,
+    CORRELATION_ID_ANNOTATION,
     TASK_HASH_ANNOTATION,
     VOLUME_NAME,
     job_name,
@@ -47,23 +52,37 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
         "spec": {
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
-            **_job_deadline(settings),
+            **_job_deadline(task, settings),
             "podFailurePolicy": {"rules": _pod_failure_rules()},
             "template": {
-                "metadata": {"labels": dict(labels)},
+                "metadata": _pod_metadata(labels, route),
                 "spec": _pod_spec(task, settings),
             },
         },
     }
 
 
-def _job_deadline(settings: Settings) -> dict[str, int]:
+def _run_seconds(task: Task, settings: Settings) -> int:
+    """The pod's deadline: the task's own timeout (already bounded by the maximum), or the
+    maximum."""
+    return task.timeout_seconds or settings.job_max_run_seconds
+
+
+def _job_deadline(task: Task, settings: Settings) -> dict[str, int]:
     """A backstop past the queue timeout and the run time; none when queueing is unbounded
     (a Job that waits for room must not fail for the time it waited)."""
     if settings.queue_timeout_seconds <= 0:
         return {}
-    total = settings.queue_timeout_seconds + settings.job_max_run_seconds
+    total = settings.queue_timeout_seconds + _run_seconds(task, settings)
     return {"activeDeadlineSeconds": total + JOB_DEADLINE_MARGIN_SECONDS}
+
+
+def _pod_metadata(labels: dict[str, str], route: ReplyRoute) -> dict[str, Any]:
+    """The pod's labels, and the task's correlation id (its progress events carry it)."""
+    metadata: dict[str, Any] = {"labels": dict(labels)}
+    if route.correlation_id is not None:
+        metadata["annotations"] = {CORRELATION_ID_ANNOTATION: route.correlation_id}
+    return metadata
 
 
 def _annotations(task: Task, route: ReplyRoute) -> dict[str, str]:
@@ -87,7 +106,7 @@ def _pod_spec(task: Task, settings: Settings) -> dict[str, Any]:
         "serviceAccountName": settings.internal_service_account_name,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "activeDeadlineSeconds": settings.job_max_run_seconds,
+        "activeDeadlineSeconds": _run_seconds(task, settings),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_container(task, settings)],
@@ -111,7 +130,7 @@ def _container(task: Task, settings: Settings) -> dict[str, Any]:
         container["workingDir"] = task.working_dir
     container.update(
         {
-            "env": [{"name": "TASK_ID", "value": task.id}],
+            "env": _env(task),
             "volumeMounts": [{"name": VOLUME_NAME, "mountPath": task.volume_mount_path}],
             "stdin": False,
             "stdinOnce": False,
@@ -122,18 +141,41 @@ def _container(task: Task, settings: Settings) -> dict[str, Any]:
                 "privileged": False,
                 "capabilities": {"drop": ["ALL"]},
             },
-            "resources": _resources(settings),
+            "resources": _resources(task, settings),
         }
     )
     return container
 
 
-def _resources(settings: Settings) -> dict[str, dict[str, str]]:
-    """Requests and limits from settings; a quantity left empty is not set."""
-    requests = {"cpu": settings.job_cpu_request, "memory": settings.job_memory_request}
-    limits = {"cpu": settings.job_cpu_limit, "memory": settings.job_memory_limit}
+def _env(task: Task) -> list[dict[str, str]]:
+    """``TASK_ID`` first, then the task's own variables by name (they cannot override it)."""
+    own = sorted((task.env or {}).items())
+    return [{"name": "TASK_ID", "value": task.id}] + [
+        {"name": name, "value": value} for name, value in own
+    ]
+
+
+def _resources(task: Task, settings: Settings) -> dict[str, dict[str, str]]:
+    """Requests from the task, else from settings; limits from settings, raised to the task's
+    request where it asked for more (a limit below its request is invalid). A quantity left
+    empty is not set."""
+    asked = task.resources
+    requests = {
+        "cpu": (asked and asked.cpu) or settings.job_cpu_request,
+        "memory": (asked and asked.memory) or settings.job_memory_request,
+    }
+    limits = {
+        name: _at_least(limit, requests[name])
+        for name, limit in (("cpu", settings.job_cpu_limit), ("memory", settings.job_memory_limit))
+    }
     resources = {
         "requests": {name: value for name, value in requests.items() if value},
         "limits": {name: value for name, value in limits.items() if value},
     }
     return {kind: values for kind, values in resources.items() if values}
+
+
+def _at_least(limit: str, request: str) -> str:
+    if limit and request and parsers.amount(limit) < parsers.amount(request):
+        return request
+    return limit

@@ -46,6 +46,7 @@ class Outcome(Enum):
     QUEUE_TIMEOUT = "queue_timeout"
     LOST = "lost"
     DELETED = "deleted"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def judge_finished(
     pod = deciding_pod(pods)
     if _deadline_exceeded(job, pod):
         shown = pod or max(pods, key=_age_key, default=None)
-        error = f"deadline exceeded: the task ran longer than {max_run_seconds} s"
+        error = f"deadline exceeded: the task ran longer than {run_limit(job, max_run_seconds)} s"
         return Verdict(Outcome.DEADLINE_EXCEEDED, _name(shown), None, error)
     terminated = _terminated(pod)
     if pod is None or terminated is None:
@@ -136,7 +137,24 @@ def judge_finished(
     return Verdict(outcome, _name(pod), exit_code, None)
 
 
+def run_limit(job: Mapping[str, Any], default: int) -> int:
+    """How long the Job's pod may run: its own ``activeDeadlineSeconds`` (a task's
+    ``timeout_seconds``, or the operator's maximum when the task set none), else ``default``."""
+    pod_spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    limit = pod_spec.get("activeDeadlineSeconds")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else default
+
+
 DELETED_ERROR = "the Job was deleted before it finished"
+CANCELLED_ERROR = "cancelled"
+
+
+def judge_cancelled(pods: Sequence[Mapping[str, Any]]) -> Verdict:
+    """The verdict on a Job stopped by a cancel request: the logs so far of its newest pod whose
+    container started (none when it never did), no exit code."""
+    started = [pod for pod in pods if pod_started(pod) and _container_ran(pod)]
+    pod = max(started, key=_age_key, default=None)
+    return Verdict(Outcome.CANCELLED, _name(pod), None, CANCELLED_ERROR)
 
 
 RESULT_DELETED_ERROR = (
@@ -251,6 +269,17 @@ def _spec_image(pod: Mapping[str, Any], container_name: object) -> str:
 def _deadline_exceeded(job: Mapping[str, Any], pod: Mapping[str, Any] | None) -> bool:
     pod_reason = None if pod is None else (pod.get("status") or {}).get("reason")
     return _DEADLINE_EXCEEDED in (pod_reason, job_failure_reason(job))
+
+
+def _container_ran(pod: Mapping[str, Any]) -> bool:
+    """True once the task container is running or has run: it may have written logs."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        state = container.get("state") or {}
+        if container.get("name") == CONTAINER_NAME and (
+            "running" in state or "terminated" in state
+        ):
+            return True
+    return False
 
 
 def _terminated(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

@@ -9,6 +9,7 @@ traceback or a library repr.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,33 @@ class Response:
         """Compact UTF-8 JSON, non-ASCII characters kept as they are."""
         text = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"))
         return text.encode("utf-8", errors="replace")
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> Response:
+        """A response from its JSON object, as a producer receives it. Lenient: a field of the
+        wrong type counts as absent, unknown fields are ignored."""
+        exit_code = document.get("exit")
+        return cls(
+            id=_text(document.get("id")),
+            output=_text(document.get("output")),
+            exit=exit_code
+            if isinstance(exit_code, int) and not isinstance(exit_code, bool)
+            else None,
+            error=_text(document.get("error")),
+        )
+
+    @classmethod
+    def decode(cls, body: bytes | str) -> Response:
+        """A response from the bytes of a response message; ValueError when it is not a JSON
+        object."""
+        document = json.loads(body)
+        if not isinstance(document, dict):
+            raise ValueError("a response must be a JSON object")
+        return cls.from_json(document)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def error_response(

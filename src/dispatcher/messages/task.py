@@ -4,8 +4,14 @@ Parse, don't validate: :func:`parse_task` returns a :class:`Task` whose every fi
 the contract (the id is a valid Job name, the image a valid reference allowed by policy, the mount
 path safe to mount), or raises :class:`~dispatcher.errors.InvalidTaskError` whose text names the
 field and the rule in one line, e.g. ``args[2]: must be a string, got number``. Fields are checked
-in a fixed order (id, image, volume_mount_path, working_dir, cmd, args), so the same bad message
-always gets the same answer. Unknown fields are ignored: nothing else in a task can reach the Job.
+in a fixed order (id, image, volume_mount_path, working_dir, cmd, args, env, timeout_seconds,
+resources), so the same bad message always gets the same answer. Unknown fields are ignored:
+nothing else in a task can reach the Job. Every optional addition is bounded by the operator's
+:class:`TaskPolicy` (from settings), and an error outside it names the field, the limit and the
+setting that sets it.
+
+:func:`parse_message` also knows the one other message of the task queue: ``{"cancel": "<id>"}``,
+a request to stop a task (:class:`Cancel`).
 """
 
 from __future__ import annotations
@@ -14,19 +20,27 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final, NoReturn
 
+from dispatcher import parsers
+from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError
 
 MAX_ID_LENGTH: Final = 63
 MAX_IMAGE_LENGTH: Final = 512
 MAX_PATH_LENGTH: Final = 1024
 MAX_LIST_ITEMS: Final = 1024
+MAX_ENV_NAME_LENGTH: Final = 256
+RESERVED_ENV: Final = frozenset({"TASK_ID"})
+"""Environment variables the dispatcher sets in every task container: a task cannot set them."""
+RESOURCE_NAMES: Final = ("cpu", "memory")
 _PEEK_ID_LENGTH: Final = 253
 PEEK_HEAD_BYTES: Final = 65536
 
 _ID = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 # The shape of a container image reference (github.com/distribution/reference), simplified:
@@ -51,8 +65,47 @@ _IMAGE_RULE: Final = (
 
 
 @dataclass(frozen=True)
+class TaskPolicy:
+    """The operator's bounds on what a task may ask for (:meth:`from_settings`)."""
+
+    max_bytes: int = 65536
+    allowed_image_prefixes: Sequence[str] = ()
+    max_run_seconds: int = 3600
+    max_env_vars: int = 64
+    max_env_bytes: int = 32768
+    max_cpu: str = "2"
+    max_memory: str = "4Gi"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TaskPolicy:
+        """The bounds the operator set in the environment."""
+        return cls(
+            max_bytes=settings.max_task_bytes,
+            allowed_image_prefixes=settings.allowed_image_prefixes,
+            max_run_seconds=settings.job_max_run_seconds,
+            max_env_vars=settings.task_max_env_vars,
+            max_env_bytes=settings.task_max_env_bytes,
+            max_cpu=settings.task_max_cpu,
+            max_memory=settings.task_max_memory,
+        )
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task's container requests, as Kubernetes quantities (None: the operator's
+    default request)."""
+
+    cpu: str | None = None
+    memory: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {name: value for name in RESOURCE_NAMES if (value := getattr(self, name))}
+
+
+@dataclass(frozen=True)
 class Task:
-    """A valid task: what to run and where to mount the shared volume."""
+    """A valid task: what to run and where to mount the shared volume, and optionally its
+    environment, its own time limit and the resources it requests."""
 
     id: str
     image: str
@@ -60,6 +113,9 @@ class Task:
     working_dir: str | None = None
     args: tuple[str, ...] | None = None
     cmd: tuple[str, ...] | None = None
+    env: Mapping[str, str] | None = field(default=None, hash=False)
+    timeout_seconds: int | None = None
+    resources: Resources | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON object of this task: only the fields that are set."""
@@ -74,6 +130,12 @@ class Task:
             document["args"] = list(self.args)
         if self.cmd is not None:
             document["cmd"] = list(self.cmd)
+        if self.env is not None:
+            document["env"] = dict(sorted(self.env.items()))
+        if self.timeout_seconds is not None:
+            document["timeout_seconds"] = self.timeout_seconds
+        if self.resources is not None:
+            document["resources"] = self.resources.to_json()
         return document
 
     def digest(self) -> str:
@@ -84,23 +146,51 @@ class Task:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_task(
-    body: bytes | str,
-    *,
-    max_bytes: int = 65536,
-    allowed_image_prefixes: Sequence[str] = (),
-) -> Task:
+@dataclass(frozen=True)
+class Cancel:
+    """A request to stop the task ``id`` (``{"cancel": "<id>"}`` on the task queue)."""
+
+    id: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"cancel": self.id}
+
+
+_DEFAULT_POLICY: Final = TaskPolicy()
+
+
+def parse_task(body: bytes | str, policy: TaskPolicy = _DEFAULT_POLICY) -> Task:
     """Parse a raw task message; raise InvalidTaskError naming the first broken rule."""
-    document = _load_object(body, max_bytes)
+    return _parse_task(_load_object(body, policy.max_bytes), policy)
+
+
+def parse_message(body: bytes | str, policy: TaskPolicy = _DEFAULT_POLICY) -> Task | Cancel:
+    """Parse a raw message of the task queue: a task, or a cancel request (a JSON object with a
+    ``cancel`` key, whose value must be a task id)."""
+    document = _load_object(body, policy.max_bytes)
+    if "cancel" not in document:
+        return _parse_task(document, policy)
+    target = document["cancel"]
+    task_id = target if isinstance(target, str) and 0 < len(target) <= _PEEK_ID_LENGTH else None
+    try:
+        return Cancel(_parse_id({"cancel": target}, "cancel"))
+    except InvalidTaskError as exc:
+        raise InvalidTaskError(exc.field, exc.reason, task_id) from None
+
+
+def _parse_task(document: Mapping[str, Any], policy: TaskPolicy) -> Task:
     task_id = _parse_id(document)
     try:
         return Task(
             id=task_id,
-            image=_parse_image(document, allowed_image_prefixes),
+            image=_parse_image(document, policy.allowed_image_prefixes),
             volume_mount_path=_parse_mount_path(document),
             working_dir=_parse_working_dir(document),
             cmd=_parse_strings(document, "cmd"),
             args=_parse_strings(document, "args"),
+            env=_parse_env(document, policy),
+            timeout_seconds=_parse_timeout(document, policy),
+            resources=_parse_resources(document, policy),
         )
     except InvalidTaskError as exc:
         raise InvalidTaskError(exc.field, exc.reason, task_id) from None
@@ -243,14 +333,14 @@ def _string(value: object, field: str) -> str:
     return value
 
 
-def _parse_id(document: Mapping[str, Any]) -> str:
-    task_id = _required_string(document, "id")
+def _parse_id(document: Mapping[str, Any], field: str = "id") -> str:
+    task_id = _required_string(document, field)
     if len(task_id) > MAX_ID_LENGTH:
         raise InvalidTaskError(
-            "id", f"must be at most {MAX_ID_LENGTH} characters, got {len(task_id)}"
+            field, f"must be at most {MAX_ID_LENGTH} characters, got {len(task_id)}"
         )
     if not _ID.fullmatch(task_id):
-        raise InvalidTaskError("id", _ID_RULE)
+        raise InvalidTaskError(field, _ID_RULE)
     return task_id
 
 
@@ -320,3 +410,116 @@ def _list_item(item: object, name: str) -> str:
     if "\x00" in item:
         raise InvalidTaskError(name, "must not contain NUL characters")
     return item
+
+
+def _parse_env(document: Mapping[str, Any], policy: TaskPolicy) -> dict[str, str] | None:
+    value = _optional(document, "env")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidTaskError("env", f"must be an object of strings, got {_json_type(value)}")
+    if len(value) > policy.max_env_vars:
+        raise InvalidTaskError(
+            "env",
+            f"must have at most {policy.max_env_vars} variables (TASK_MAX_ENV_VARS), "
+            f"got {len(value)}",
+        )
+    size = 0
+    for name, item in value.items():
+        _check_env_name(name)
+        shown = f"env.{name}"
+        if not isinstance(item, str):
+            raise InvalidTaskError(shown, f"must be a string, got {_json_type(item)}")
+        if "\x00" in item:
+            raise InvalidTaskError(shown, "must not contain NUL characters")
+        size += len(name.encode()) + len(item.encode("utf-8", "surrogatepass"))
+    if size > policy.max_env_bytes:
+        raise InvalidTaskError(
+            "env",
+            f"names and values must total at most {policy.max_env_bytes} bytes "
+            f"(TASK_MAX_ENV_BYTES), got {size}",
+        )
+    return dict(value)
+
+
+def _check_env_name(name: str) -> None:
+    shown = f"env.{_printable(name)}"
+    if len(name) > MAX_ENV_NAME_LENGTH:
+        raise InvalidTaskError(
+            shown[:80], f"names must be at most {MAX_ENV_NAME_LENGTH} characters, got {len(name)}"
+        )
+    if not _ENV_NAME.fullmatch(name):
+        raise InvalidTaskError(
+            shown,
+            "names must be letters, digits and '_', not starting with a digit",
+        )
+    if name in RESERVED_ENV:
+        raise InvalidTaskError(shown, "is set by the dispatcher and cannot be overridden")
+
+
+def _printable(text: str) -> str:
+    return "".join(char if char.isprintable() else "?" for char in text[:64])
+
+
+def _parse_timeout(document: Mapping[str, Any], policy: TaskPolicy) -> int | None:
+    value = _optional(document, "timeout_seconds")
+    if value is None:
+        return None
+    high = policy.max_run_seconds
+    rule = f"must be a whole number of seconds from 1 to {high} (JOB_MAX_RUN_SECONDS)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTaskError("timeout_seconds", f"{rule}, got {_json_type(value)}")
+    if isinstance(value, float) and not value.is_integer():
+        raise InvalidTaskError("timeout_seconds", f"{rule}, got {value}")
+    seconds = int(value)
+    if not 1 <= seconds <= high:
+        raise InvalidTaskError("timeout_seconds", f"{rule}, got {seconds}")
+    return seconds
+
+
+def _parse_resources(document: Mapping[str, Any], policy: TaskPolicy) -> Resources | None:
+    value = _optional(document, "resources")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidTaskError(
+            "resources", f"must be an object with cpu and/or memory, got {_json_type(value)}"
+        )
+    for name in value:
+        if name not in RESOURCE_NAMES:
+            raise InvalidTaskError(
+                f"resources.{_printable(name)}",
+                f"is not a resource a task may request; allowed: {', '.join(RESOURCE_NAMES)}",
+            )
+    maxima = {
+        "cpu": (policy.max_cpu, "TASK_MAX_CPU"),
+        "memory": (policy.max_memory, "TASK_MAX_MEMORY"),
+    }
+    requested: dict[str, str] = {}
+    for name, (maximum, setting) in maxima.items():
+        quantity = _optional(value, name)
+        if quantity is not None:
+            requested[name] = _parse_quantity(quantity, f"resources.{name}", maximum, setting)
+    return Resources(**requested)
+
+
+def _parse_quantity(value: object, field: str, maximum: str, setting: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidTaskError(
+            field,
+            f"must be a Kubernetes quantity string such as 500m or 256Mi, got {_json_type(value)}",
+        )
+    try:
+        parsers.quantity(value)
+        amount = parsers.amount(value)
+    except (parsers.Rejected, ValueError):
+        raise InvalidTaskError(
+            field,
+            f"must be a Kubernetes quantity such as 500m, 0.5, 256Mi or 1Gi, "
+            f"got '{_printable(value)}'",
+        ) from None
+    if amount <= Decimal(0):
+        raise InvalidTaskError(field, f"must be more than 0, got '{value}'")
+    if maximum and amount > parsers.amount(maximum):
+        raise InvalidTaskError(field, f"must be at most {maximum} ({setting}), got '{value}'")
+    return value.strip()

@@ -16,6 +16,7 @@ from dispatcher.amqp.publisher import AmqpResponsePublisher
 from dispatcher.config import Settings
 from dispatcher.core.admission import Admission
 from dispatcher.core.finalize import Context
+from dispatcher.core.progress import Progress
 from dispatcher.core.reactor import Reactor
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.watcher import Watcher
@@ -62,10 +63,23 @@ class Runtime:
     def publisher(self) -> AmqpResponsePublisher:
         return AmqpResponsePublisher(self.app.producer_pool, self.settings)
 
+    @cached_property
+    def progress(self) -> Progress:
+        """Announces state changes on PROGRESS_EXCHANGE_NAME (does nothing when it is empty)."""
+        return Progress(self.publisher if self.settings.progress_exchange_name else None)
+
     def finalize_context(
         self, task_id: str, attempt: int, *, logs_optional: bool = False
     ) -> Context:
         """The claim holder names this worker, the finalize task and its attempt, so that two
         tasks, or two copies of one task, never both answer a Job."""
         holder = f"{self.holder}/{task_id}"
-        return Context(self.kube, self.publisher, self.settings, holder, logs_optional, attempt)
+        return Context(
+            self.kube,
+            self.publisher,
+            self.settings,
+            holder,
+            logs_optional,
+            attempt,
+            progress=self.progress,
+        )

@@ -73,6 +73,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             queue_timeout_seconds=settings.queue_timeout_seconds,
             keep_answered=settings.idempotency_window_seconds > 0,
             on_job_seen=runtime.admission.settled,
+            on_started=runtime.progress.running if runtime.progress.enabled else None,
         )
         runtime.reactor = reactor
         runtime.metrics.track_jobs(reactor.active_jobs, reactor.waiting_jobs)

@@ -1,12 +1,13 @@
-"""The two short Celery tasks. Thin adapters: decode, call one core function, map errors.
+"""The three short Celery tasks. Thin adapters: decode, call one core function, map errors.
 
-`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck or
-deleted Job. Neither waits for a Job to run. Every way out of a task is a confirmed response or
-a retry, never a silent end: broker errors are retried for as long as they last; in submit,
-transient Kubernetes errors are retried with the one policy in `dispatcher.worker.retry` and
-then answered, and permanent ones (and defects) are answered at once; finalize retries every
-failure, since the Job, and so the answer, waits in the cluster. A retry that cannot even be
-published puts the message back on its queue instead of dropping it.
+`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck,
+cancelled or deleted Job; `dispatcher.cancel` stops a task in progress (or answers the cancel
+request that there is none). None of them waits for a Job to run. Every way out of a task is a
+confirmed response or a retry, never a silent end: broker errors are retried for as long as
+they last; in submit and cancel, transient Kubernetes errors are retried with the one policy in
+`dispatcher.worker.retry` and then answered, and permanent ones (and defects) are answered at
+once; finalize retries every failure, since the Job, and so the answer, waits in the cluster. A
+retry that cannot even be published puts the message back on its queue instead of dropping it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError, OperationalError
 
-from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
+from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK
+from dispatcher.core.cancel import Cancelled, cancel, not_in_progress_error
 from dispatcher.core.finalize import (
     Finalized,
     answer_again,
@@ -40,7 +42,7 @@ from dispatcher.errors import (
 from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
-from dispatcher.messages.task import parse_task, peek_task_id
+from dispatcher.messages.task import TaskPolicy, parse_task, peek_task_id
 from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def register_tasks(app: Celery) -> None:
     # trouble is waited out however long it lasts (the message is never dropped).
     app.task(name=SUBMIT_TASK, max_retries=None, **options)(submit_task)
     app.task(name=FINALIZE_TASK, max_retries=None, **options)(finalize_task)
+    app.task(name=CANCEL_TASK, max_retries=None, **options)(cancel_task)
 
 
 def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
@@ -68,6 +71,10 @@ def finalize_task(
     self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None = None
 ) -> str:
     return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations))
+
+
+def cancel_task(self: Task, task_id: str, route: dict[str, Any]) -> str:
+    return _guarded(self, lambda: _cancel(self, task_id, route))
 
 
 def _guarded(self: Task, work: Callable[[], str]) -> str:
@@ -92,14 +99,10 @@ def _retry(self: Task, exc: Exception, countdown: float) -> None:
 def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     runtime = self.app.dispatcher
     settings, metrics = runtime.settings, runtime.metrics
-    reply = ReplyRoute(route.get("correlation_id"), route.get("reply_to"))
+    reply = ReplyRoute.from_json(route)
     body = json.dumps(task)
     try:  # checked again with the same policy: anyone who can write to the queue may send this
-        parsed = parse_task(
-            body,
-            max_bytes=settings.max_task_bytes,
-            allowed_image_prefixes=settings.allowed_image_prefixes,
-        )
+        parsed = parse_task(body, TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
         task_id = exc.task_id or peek_task_id(body)
         runtime.publisher.publish(error_response(exc, task_id), reply, f"invalid.{self.request.id}")
@@ -147,7 +150,9 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
 
 def _submit_or_answer_again(self: Task, task: ParsedTask, reply: ReplyRoute) -> Submitted:
     runtime = self.app.dispatcher
-    result = submit(task, reply, kube=runtime.kube, settings=runtime.settings)
+    result = submit(
+        task, reply, kube=runtime.kube, settings=runtime.settings, progress=runtime.progress
+    )
     if result is Submitted.ANSWERED:
         context = runtime.finalize_context(self.request.id, self.request.retries)
         if not answer_again(task.id, reply, context):  # its window closed meanwhile: run anew
@@ -189,3 +194,33 @@ def _finalize(
     if result.retry_in is not None:
         _retry(self, Exception(result.state.value), result.retry_in)
     return result.state.value
+
+
+CANCEL_LOOKUPS = 3
+"""A cancel that finds no Job looks again this often (1.5 s apart) before it answers that there
+is none: the task it names may have been handed to submit a moment earlier."""
+
+
+def _cancel(self: Task, task_id: str, route: dict[str, Any]) -> str:
+    runtime = self.app.dispatcher
+    reply = ReplyRoute.from_json(route)
+    try:
+        result = cancel(task_id, reply, kube=runtime.kube, settings=runtime.settings)
+    except TransientKubeError as exc:
+        runtime.metrics.kube_errors.labels("transient").inc()
+        if self.request.retries < MAX_ATTEMPTS:
+            log.warning("cancelling task %s failed: %s; will retry", task_id, exc)
+            _retry(self, exc, backoff(self.request.retries))
+        error = f"cancel: task '{task_id}' was not stopped: {API_UNAVAILABLE}"
+    except KubeError as exc:  # e.g. forbidden: the operator must fix the RBAC
+        runtime.metrics.kube_errors.labels("permanent").inc()
+        log.error("cancelling task %s failed: %s", task_id, exc)
+        error = f"cancel: task '{task_id}' was not stopped: {INTERNAL_ERROR}"
+    else:
+        if result is Cancelled.STOPPING:
+            return "stopping"
+        if result is Cancelled.NO_SUCH_TASK and self.request.retries < CANCEL_LOOKUPS:
+            _retry(self, Exception(result.value), 1.5)
+        error = not_in_progress_error(task_id, result)
+    runtime.publisher.publish(error_response(error, task_id), reply, f"{task_id}.{self.request.id}")
+    return "answered"

@@ -1,0 +1,76 @@
+"""Cancel: stop a task that is in progress, so that it is answered ``cancelled``.
+
+A task is in progress while its Job exists unanswered and has not ended: queued for room in the
+cluster, running, or stuck. Cancelling marks the Job (``job-dispatcher.io/cancelled``), adds the
+cancel request's own route to the Job's routes when it differs from the task's, and deletes the
+Job; our finalizer holds it until finalize has read the pod's logs so far and published the one
+answer (``"error": "cancelled"``) to every route. Then the Job goes, and its pod with it. Each
+step is safe to repeat (the mark and the route are a conditional patch, the delete idempotent).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from datetime import UTC, datetime
+
+from dispatcher.config import Settings
+from dispatcher.core.ports import KubeGateway
+from dispatcher.errors import ConflictError, TransientKubeError
+from dispatcher.kube.conventions import CANCELLED_ANNOTATION, RESPONDED_ANNOTATION, owns
+from dispatcher.kube.outcome import job_finished
+from dispatcher.kube.routes import with_route
+from dispatcher.messages.route import ReplyRoute
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 5
+
+
+class Cancelled(enum.Enum):
+    STOPPING = "stopping"  # the Job is being stopped; its answer follows on every route
+    NO_SUCH_TASK = "no such task"  # no Job of this installation has the id
+    ENDED = "ended"  # the Job ended or was answered: its own answer stands
+
+
+def cancel(
+    task_id: str,
+    route: ReplyRoute,
+    *,
+    kube: KubeGateway,
+    settings: Settings,
+    now: datetime | None = None,
+) -> Cancelled:
+    """Stop the task `task_id` if it is in progress. Raises KubeError when the API fails."""
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for _ in range(ATTEMPTS):
+        job = kube.get_job(task_id)
+        if job is None or not owns(job, settings.dispatcher_name):
+            return Cancelled.NO_SUCH_TASK
+        meta = job["metadata"]
+        annotations = meta.get("annotations") or {}
+        already = CANCELLED_ANNOTATION in annotations
+        if RESPONDED_ANNOTATION in annotations or (job_finished(job) and not already):
+            return Cancelled.ENDED
+        patch = {} if already else {CANCELLED_ANNOTATION: stamp}
+        patch.update(with_route(annotations, route) or {})
+        if patch:
+            body = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": patch}}
+            try:
+                kube.patch_job(task_id, body)
+            except ConflictError:
+                continue  # the Job changed (it ended, or was joined): look again
+        kube.delete_job(task_id)
+        log.info("task %s cancelled: its Job is being stopped", task_id)
+        return Cancelled.STOPPING
+    raise TransientKubeError(f"Job {task_id} kept changing while it was cancelled")
+
+
+def not_in_progress_error(task_id: str, why: Cancelled) -> str:
+    """The cancel request's answer when there was nothing to stop."""
+    if why is Cancelled.ENDED:
+        return f"cancel: task '{task_id}' is not in progress: it has already ended"
+    return (
+        f"cancel: task '{task_id}' is not in progress: there is no such task "
+        "(it has ended and was answered, or it has not reached the cluster)"
+    )
