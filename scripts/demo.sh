@@ -10,4 +10,4 @@ log=.local/logs/demo-worker.log
 worker=$!
 trap 'kill -TERM "$worker" 2>/dev/null; wait "$worker" 2>/dev/null || true' EXIT
 echo "demo: worker started (pid $worker, log $log); dispatching examples/hello.json"
-.venv/bin/dispatcher submit examples/hello.json --wait --timeout 120
+.venv/bin/dispatcher submit examples/hello.json --wait --wait-timeout 120

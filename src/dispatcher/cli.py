@@ -1,11 +1,17 @@
-"""The `dispatcher` command: run the worker, or submit a task and wait for its response.
+"""The `dispatcher` command: run the worker, submit or cancel a task, check the settings.
 
     dispatcher worker [--concurrency N]
-    dispatcher submit FILE|- [--wait] [--timeout SECONDS] [--correlation-id ID]
+    dispatcher submit [FILE|-] [--id ID] [--image IMAGE] [--cmd ITEM]... [--arg ITEM]...
+                      [--env NAME=VALUE]... [--timeout SECONDS] [--cpu Q] [--memory Q]
+                      [--mount PATH] [--workdir PATH] [--wait] [--wait-timeout SECONDS]
+                      [--correlation-id ID]
+    dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
     dispatcher config
 
-Settings come from the environment (see the README). A bad setting stops the command with one
-line naming the variable and exit status 2.
+Settings come from the environment (see the README). A bad setting, flag or task stops the
+command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
+code (1 for an error answer, 124 when the wait times out, 130 when interrupted: the task goes
+on); on a terminal it shows the task's progress on one line of standard error meanwhile.
 """
 
 from __future__ import annotations
@@ -14,15 +20,23 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.config import SETTINGS_TABLE, Settings
-from dispatcher.errors import ConfigError, KubeError
+from dispatcher.errors import ClientError, ConfigError, InvalidTaskError, KubeError
+
+if TYPE_CHECKING:
+    from dispatcher.client import TaskHandle
+    from dispatcher.messages.response import Response
 
 EXIT_USAGE = 2
 EXIT_ERROR_RESPONSE = 1
 EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+DEFAULT_MOUNT = "/work"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,8 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dispatcher import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    handler = {"worker": _worker, "submit": _submit, "config": _config}[args.command]
-    return handler(args, settings)
+    handler = {"worker": _worker, "submit": _submit, "cancel": _cancel, "config": _config}
+    try:
+        return handler[args.command](args, settings)
+    except ClientError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_ERROR_RESPONSE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,11 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency", type=int, default=None, help="worker threads (WORKER_CONCURRENCY)"
     )
-    submit = sub.add_parser("submit", help="publish a task (JSON file or - for stdin)")
-    submit.add_argument("file", help="task JSON file, or - to read standard input")
+    submit = sub.add_parser("submit", help="publish a task from a JSON file and/or flags")
+    submit.add_argument("file", nargs="?", help="task JSON file, or - to read standard input")
+    submit.add_argument("--id", help="task id (default: from the file, else task-<random>)")
+    submit.add_argument("--image", help="container image")
+    submit.add_argument("--cmd", action="append", metavar="ITEM", help="command item (repeat)")
+    submit.add_argument("--arg", action="append", metavar="ITEM", help="argument item (repeat)")
+    submit.add_argument(
+        "--env", action="append", metavar="NAME=VALUE", help="environment variable (repeat)"
+    )
+    submit.add_argument("--timeout", type=_seconds, help="the task's own time limit, seconds")
+    submit.add_argument("--cpu", help="CPU request, e.g. 500m")
+    submit.add_argument("--memory", help="memory request, e.g. 256Mi")
+    submit.add_argument("--mount", help=f"volume_mount_path (default {DEFAULT_MOUNT})")
+    submit.add_argument("--workdir", help="working_dir")
     submit.add_argument("--wait", action="store_true", help="wait for the response and print it")
-    submit.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (300)")
+    submit.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait (300)")
     submit.add_argument("--correlation-id", default=None, help="AMQP correlation_id to send")
+    cancel = sub.add_parser("cancel", help="stop a task in progress")
+    cancel.add_argument("id", help="the task id")
+    cancel.add_argument("--no-wait", action="store_true", help="send the request and return")
+    cancel.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait (60)")
     sub.add_parser("config", help="check the settings and print them (password hidden)")
     return parser
 
@@ -81,24 +115,148 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    from dispatcher.amqp.client import TaskClient
+def _seconds(raw: str) -> int:
+    if raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    raise argparse.ArgumentTypeError(f"must be a whole number of seconds (1 or more), got {raw!r}")
 
-    body = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
-    correlation_id = args.correlation_id or str(uuid.uuid4())
-    with TaskClient(settings) as client:
-        if not args.wait:
-            client.publish(body, correlation_id=correlation_id)
-            print(f"published task (correlation_id {correlation_id})")
-            return 0
-        response = client.call(body, correlation_id=correlation_id, timeout=args.timeout)
+
+def _task_document(args: argparse.Namespace) -> dict[str, Any]:
+    """The task from the file (if any) with the flags applied on top."""
+    document: dict[str, Any] = {}
+    if args.file is not None:
+        raw = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
+        try:
+            loaded = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidTaskError("message", f"is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise InvalidTaskError("message", "must be a JSON object")
+        document = loaded
+    simple = {
+        "id": args.id,
+        "image": args.image,
+        "volume_mount_path": args.mount,
+        "working_dir": args.workdir,
+        "cmd": args.cmd,
+        "args": args.arg,
+        "timeout_seconds": args.timeout,
+    }
+    document.update({key: value for key, value in simple.items() if value is not None})
+    document.setdefault("id", f"task-{uuid.uuid4().hex[:10]}")
+    document.setdefault("volume_mount_path", DEFAULT_MOUNT)
+    if args.env:
+        document["env"] = {**(document.get("env") or {}), **dict(_pair(item) for item in args.env)}
+    resources = {"cpu": args.cpu, "memory": args.memory}
+    if any(resources.values()):
+        given = {k: v for k, v in resources.items() if v is not None}
+        document["resources"] = {**(document.get("resources") or {}), **given}
+    return document
+
+
+def _pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep:
+        raise InvalidTaskError("--env", f"must be NAME=VALUE, got {item!r}")
+    return name, value
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.client import Client
+
+    try:
+        document = _task_document(args)
+        with Client(settings) as client:
+            task = client.task(document)
+            correlation_id = args.correlation_id or str(uuid.uuid4())
+            if not args.wait:
+                client.publish(task.to_json(), correlation_id=correlation_id, reply_to=None)
+                print(f"published task {task.id} (correlation_id {correlation_id})")
+                return 0
+            with client.submit(task, correlation_id=correlation_id) as handle:
+                response = _wait(handle, args.wait_timeout)
+    except InvalidTaskError as exc:
+        print(f"dispatcher: invalid task: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if response is None:
-        print(f"dispatcher: no response within {args.timeout:g} s", file=sys.stderr)
+        print(f"dispatcher: no response within {args.wait_timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
-    print(json.dumps(response, ensure_ascii=False, indent=2))
-    if "error" in response:
+    if isinstance(response, int):
+        return response
+    return _print_response(response)
+
+
+def _wait(handle: TaskHandle, timeout: float) -> Response | int | None:
+    """The response, None on timeout, or EXIT_INTERRUPTED; a progress line on a terminal."""
+    line = _ProgressLine(handle.id) if sys.stderr.isatty() else None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            event = handle.next_event(min(0.25, max(deadline - time.monotonic(), 0.01)))
+            if line is not None:
+                line.show(event)
+            response = handle.poll(0.0)
+            if response is not None:
+                return response
+        return None
+    except KeyboardInterrupt:
+        print(
+            f"dispatcher: stopped waiting; task {handle.id} goes on "
+            f"(stop it with: dispatcher cancel {handle.id})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        if line is not None:
+            line.clear()
+
+
+class _ProgressLine:
+    """One line of standard error, rewritten in place: the task's state and the time waited."""
+
+    def __init__(self, task_id: str) -> None:
+        self._task_id = task_id
+        self._state = "sent"
+        self._started = time.monotonic()
+
+    def show(self, event: Any) -> None:
+        if event is not None:
+            node = f" on {event.node}" if event.node else ""
+            self._state = f"{event.state}{node}"
+        elapsed = time.monotonic() - self._started
+        sys.stderr.write(f"\r\x1b[K{self._task_id}: {self._state} ({elapsed:.0f} s)")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _print_response(response: Response) -> int:
+    print(json.dumps(response.to_json(), ensure_ascii=False, indent=2))
+    if response.error is not None:
         return EXIT_ERROR_RESPONSE
-    return int(response.get("exit", 0)) & 0xFF
+    return (response.exit or 0) & 0xFF
+
+
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.client import Client
+    from dispatcher.messages.task import Cancel, parse_message
+
+    request = Cancel(args.id).to_json()
+    try:
+        parse_message(json.dumps(request))  # the same check the worker makes
+    except InvalidTaskError as exc:
+        print(f"dispatcher: invalid request: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(settings) as client:
+        if args.no_wait:
+            client.publish(request, correlation_id=str(uuid.uuid4()), reply_to=None)
+            print(f"cancel of task {args.id} sent")
+            return 0
+        response = client.cancel(args.id, timeout=args.wait_timeout)
+    print(json.dumps(response.to_json(), ensure_ascii=False, indent=2))
+    return 0 if response.error == "cancelled" else EXIT_ERROR_RESPONSE
 
 
 def _read(path: str) -> bytes:

@@ -110,3 +110,20 @@ class InvalidSpecError(PermanentKubeError):
 
 class ConflictError(KubeError):
     """409: the object already exists, or its resourceVersion changed meanwhile."""
+
+
+class ClientError(DispatcherError):
+    """A failure on the producer's side, in :mod:`dispatcher.client`."""
+
+
+class ResponseTimeout(ClientError):
+    """No response arrived within the time the caller was willing to wait; the task itself
+    goes on (cancel it to stop it)."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"no response for task {task_id} within {timeout:g} s")
+        self.task_id = task_id
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_id, self.timeout))

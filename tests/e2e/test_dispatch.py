@@ -295,8 +295,8 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
 
 
 def submit_wait(broker: Broker, task_file: Path, timeout: str) -> subprocess.CompletedProcess[str]:
-    """`dispatcher submit FILE --wait --timeout T` as a user runs it."""
-    command = ["submit", str(task_file), "--wait", "--timeout", timeout]
+    """`dispatcher submit FILE --wait --wait-timeout T` as a user runs it."""
+    command = ["submit", str(task_file), "--wait", "--wait-timeout", timeout]
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", *command],
         env=broker.instance.env(),
