@@ -4,7 +4,7 @@
     dispatcher submit [FILE|-] [--id ID] [--image IMAGE] [--cmd ITEM]... [--arg ITEM]...
                       [--env NAME=VALUE]... [--timeout SECONDS] [--cpu Q] [--memory Q]
                       [--mount PATH] [--workdir PATH] [--wait] [--wait-timeout SECONDS]
-                      [--correlation-id ID]
+                      [--correlation-id ID] [-- COMMAND ITEM...]
     dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
     dispatcher config
 
@@ -40,7 +40,15 @@ DEFAULT_MOUNT = "/work"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    # `submit ... -- sh -c 'echo hi'`: everything after `--` is the container command, dashes
+    # and all (argparse would read `-c` as one of our flags).
+    command = given[given.index("--") + 1 :] if "--" in given else None
+    parser = _parser()
+    args = parser.parse_args(given[: given.index("--")] if command is not None else given)
+    if command is not None and args.command != "submit":
+        parser.error("only submit takes a command after --")
+    args.container_command = command
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
@@ -138,7 +146,7 @@ def _task_document(args: argparse.Namespace) -> dict[str, Any]:
         "image": args.image,
         "volume_mount_path": args.mount,
         "working_dir": args.workdir,
-        "cmd": args.cmd,
+        "cmd": args.container_command or args.cmd,
         "args": args.arg,
         "timeout_seconds": args.timeout,
     }

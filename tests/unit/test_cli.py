@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from dispatcher.cli import _parser, _task_document
 
 
 def dispatcher(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -65,3 +68,39 @@ def test_a_missing_kubeconfig_stops_the_worker_with_one_line() -> None:
         "dispatcher: cannot load the Kubernetes kubeconfig: "
         "Configuration file /nonexistent/kubeconfig not found"
     )
+
+
+def test_flags_build_the_task_and_a_command_after_the_double_dash_keeps_its_dashes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "task.json"
+    path.write_text('{"id": "from-file", "image": "busybox", "env": {"A": "1"}}')
+    argv = ["submit", str(path), "--env", "B=2=3", "--timeout", "30", "--cpu", "250m"]
+    args = _parser().parse_args(argv)
+    args.container_command = ["sh", "-c", "echo hi"]
+
+    assert _task_document(args) == {
+        "id": "from-file",
+        "image": "busybox",
+        "volume_mount_path": "/work",
+        "cmd": ["sh", "-c", "echo hi"],
+        "timeout_seconds": 30,
+        "env": {"A": "1", "B": "2=3"},
+        "resources": {"cpu": "250m"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        pytest.param(
+            ["submit", "--timeout", "0"], "argument --timeout: must be a whole number", id="timeout"
+        ),
+        pytest.param(["cancel", "x", "--", "sh"], "only submit takes a command after --", id="dd"),
+    ],
+)
+def test_bad_flags_are_refused_with_exit_status_2(argv: list[str], line: str) -> None:
+    result = dispatcher(*argv)
+
+    assert result.returncode == 2
+    assert line in result.stderr
