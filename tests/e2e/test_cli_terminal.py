@@ -10,7 +10,6 @@ import pty
 import re
 import select
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.test_dispatch import Dispatcher
-from tests.support.stack import Broker, stack_env
+from tests.support.stack import Broker, run_cli, stack_env
 
 pytestmark = pytest.mark.cluster
 PROGRESS = "e2e.cli.progress"
@@ -128,17 +127,6 @@ def test_ctrl_c_stops_waiting_and_leaves_the_task_running(dispatcher: Dispatcher
     assert "stop it with: dispatcher cancel cli-interrupted" in session.screen
     # The task went on and was answered on the response queue (its waiter's queue is gone).
     assert broker.response(timeout=90) == {"id": "cli-interrupted", "output": "on\n", "exit": 0}
-
-
-def run_cli(broker: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *args],
-        env=broker.instance.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_exit_codes_for_success_error_timeout_and_bad_flags(dispatcher: Dispatcher) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pickle
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from kombu import Producer, Queue
 
 from dispatcher.cli import EXIT_TIMEOUT
-from tests.support.stack import Broker, Worker, kubectl, stack_env
+from tests.support.stack import Broker, Worker, kubectl, run_cli, stack_env
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]
@@ -296,15 +295,7 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
 
 def submit_wait(broker: Broker, task_file: Path, timeout: str) -> subprocess.CompletedProcess[str]:
     """`dispatcher submit FILE --wait --wait-timeout T` as a user runs it."""
-    command = ["submit", str(task_file), "--wait", "--wait-timeout", timeout]
-    return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", *command],
-        env=broker.instance.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(broker, "submit", str(task_file), "--wait", "--wait-timeout", timeout)
 
 
 def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(

@@ -176,6 +176,18 @@ class Broker:
         self.conn.release()
 
 
+def run_cli(broker: Broker, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`dispatcher ARGS...` as a user runs it, with the settings of the broker's instance."""
+    return subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env=broker.instance.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 class Worker:
     """A `dispatcher worker` process for one Instance, stopped by its PID."""
 
