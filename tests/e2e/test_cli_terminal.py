@@ -12,6 +12,7 @@ import select
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -71,6 +72,11 @@ def in_terminal(broker: Broker, *args: str) -> Session:
     return Session(pid, fd)
 
 
+def unique(name: str) -> str:
+    """A task id of its own: ids are Job names in a namespace other test runs share."""
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
 def flags(script: str) -> list[str]:
     """The image and, after `--`, the command: `sh -c SCRIPT` (goes last on the line)."""
     return ["--image", stack_env()["TEST_IMAGE"], "--", "/bin/sh", "-c", script]
@@ -86,24 +92,25 @@ def test_submit_wait_shows_progress_then_the_response_and_its_exit_code(
     dispatcher: Dispatcher,
 ) -> None:
     broker, _ = dispatcher
+    task_id = unique("cli-progress")
     session = in_terminal(
         broker,
         "submit",
         "--id",
-        "cli-progress",
+        task_id,
         "--wait",
         "--env",
         "WHO=terminal",
         *flags('sleep 3; echo "hello $WHO"; exit 7'),
     )
 
-    session.read_until(r"cli-progress: running on \S+ \(\d+ s\)")
+    session.read_until(rf"{task_id}: running on \S+ \(\d+ s\)")
     code = session.wait()
 
     assert code == 7
-    assert "cli-progress: queued" in session.screen or "cli-progress: sent" in session.screen
+    assert f"{task_id}: queued" in session.screen or f"{task_id}: sent" in session.screen
     assert last_json(session.screen) == {
-        "id": "cli-progress",
+        "id": task_id,
         "output": "hello terminal\n",
         "exit": 7,
     }
@@ -114,19 +121,18 @@ def test_submit_wait_shows_progress_then_the_response_and_its_exit_code(
 
 def test_ctrl_c_stops_waiting_and_leaves_the_task_running(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
-    session = in_terminal(
-        broker, "submit", "--id", "cli-interrupted", "--wait", *flags("sleep 8; echo on")
-    )
-    session.read_until(r"cli-interrupted: sent")
+    task_id = unique("cli-interrupted")
+    session = in_terminal(broker, "submit", "--id", task_id, "--wait", *flags("sleep 8; echo on"))
+    session.read_until(rf"{task_id}: sent")
     time.sleep(1)
 
     session.type("\x03")  # Ctrl-C, as a person types it
     code = session.wait()
 
     assert code == 130
-    assert "stop it with: dispatcher cancel cli-interrupted" in session.screen
+    assert f"stop it with: dispatcher cancel {task_id}" in session.screen
     # The task went on and was answered on the response queue (its waiter's queue is gone).
-    assert broker.response(timeout=90) == {"id": "cli-interrupted", "output": "on\n", "exit": 0}
+    assert broker.response(timeout=90) == {"id": task_id, "output": "on\n", "exit": 0}
 
 
 def test_exit_codes_for_success_error_timeout_and_bad_flags(dispatcher: Dispatcher) -> None:
@@ -158,11 +164,12 @@ def test_exit_codes_for_success_error_timeout_and_bad_flags(dispatcher: Dispatch
 
 def test_dispatcher_cancel_of_a_running_task_and_of_an_unknown_id(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
-    started = run_cli(broker, "submit", "--id", "cli-cancel", *flags("echo up; sleep 300"))
+    task_id = unique("cli-cancel")
+    started = run_cli(broker, "submit", "--id", task_id, *flags("echo up; sleep 300"))
     assert started.returncode == 0, started.stderr
     time.sleep(6)
 
-    cancelled = run_cli(broker, "cancel", "cli-cancel")
+    cancelled = run_cli(broker, "cancel", task_id)
     unknown = run_cli(broker, "cancel", "cli-nothing")
 
     assert cancelled.returncode == 0, cancelled.stderr

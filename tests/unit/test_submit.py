@@ -136,6 +136,18 @@ def test_job_of_the_same_name_without_a_task_hash_is_a_conflict() -> None:
         submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
 
 
+def test_the_same_task_never_joins_another_installations_job() -> None:
+    # Two installations share a namespace, and a Job name is the task id: the other one's Job
+    # (here kept answered for its idempotency window) is neither joined nor answered again.
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=dataclasses.replace(SETTINGS, dispatcher_name="blue"))
+    kube.update_status("t-1", COMPLETE)
+
+    with pytest.raises(TaskConflictError):
+        submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    assert routes_of(kube.annotations("t-1")) == [ROUTE]
+
+
 def test_job_deleted_between_create_and_read_is_a_transient_error() -> None:
     kube = FakeKube()
     kube.fail_next("create_job", ConflictError('jobs.batch "t-1" already exists', 409))

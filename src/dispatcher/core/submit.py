@@ -17,7 +17,7 @@ from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway
 from dispatcher.core.progress import Progress
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
-from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION
+from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION, owns
 from dispatcher.kube.jobspec import build_job
 from dispatcher.kube.outcome import job_finished
 from dispatcher.kube.routes import with_route
@@ -52,20 +52,22 @@ def submit(
     try:
         created = kube.create_job(manifest)
     except ConflictError:
-        return _join(task, route, kube)
+        return _join(task, route, kube, settings.dispatcher_name)
     log.info("created Job %s for image %s", task.id, task.image)
     if progress is not None:
         progress.queued(created)
     return Submitted.CREATED
 
 
-def _join(task: Task, route: ReplyRoute, kube: KubeGateway) -> Submitted:
+def _join(task: Task, route: ReplyRoute, kube: KubeGateway, installation: str) -> Submitted:
     for _ in range(JOIN_ATTEMPTS):
         existing = kube.get_job(task.id)
         if existing is None:  # deleted between our create and get: try the create again
             raise TransientKubeError(f"Job {task.id} was deleted while it was being created")
         meta = existing.get("metadata", {})
         annotations = meta.get("annotations") or {}
+        if not owns(existing, installation):  # another installation's Job (or nobody's)
+            raise TaskConflictError(task.id)
         if annotations.get(TASK_HASH_ANNOTATION) != task.digest():
             raise TaskConflictError(task.id)
         if RESPONDED_ANNOTATION in annotations:
