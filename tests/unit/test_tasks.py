@@ -16,7 +16,7 @@ from celery import Celery
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError
 
-from dispatcher.amqp.topology import FINALIZE_TASK, SUBMIT_TASK
+from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK
 from dispatcher.core.finalize import LOGS_UNAVAILABLE
 from dispatcher.errors import InvalidSpecError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION
@@ -51,6 +51,9 @@ class Worker:
 
     def submit(self, task: dict[str, Any], *, retries: int = 0) -> str:
         return self._run(SUBMIT_TASK, retries, task, {"correlation_id": "c-1"})
+
+    def cancel(self, task_id: str, *, retries: int = 0) -> str:
+        return self._run(CANCEL_TASK, retries, task_id, {"correlation_id": "c-9"})
 
     def finalize(self, *args: Any, retries: int = 0) -> str:
         return self._run(FINALIZE_TASK, retries, *args)
@@ -217,3 +220,38 @@ def test_the_same_task_sent_again_after_its_answer_is_answered_again_without_a_s
     assert list(worker.kube.jobs) == ["t-1"]  # no second Job, no second run
     worker.kube.remove_job("t-1")  # the window closed: Kubernetes deleted it
     assert worker.submit(task_document()) == "created"
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_running_task_stops_its_job(worker: Worker) -> None:
+    worker.submit(task_document())
+
+    assert worker.cancel("t-1") == "stopping"
+    assert worker.kube.jobs["t-1"]["metadata"]["deletionTimestamp"]
+    assert worker.publisher.responses == []  # finalize answers it, with its logs so far
+
+
+def test_cancel_of_an_unknown_id_looks_again_then_says_so(worker: Worker) -> None:
+    with pytest.raises(Retry):  # its submit may be a moment behind
+        worker.cancel("t-1", retries=0)
+
+    assert worker.cancel("t-1", retries=3) == "answered"
+    [published] = worker.publisher.published
+    assert published.response.error is not None
+    assert published.response.error.startswith("cancel: task 't-1' is not in progress")
+    assert published.route.correlation_id == "c-9"
+
+
+def test_cancel_with_the_api_down_is_retried_then_answered(worker: Worker) -> None:
+    outage = TransientKubeError("get Job t-1: ConnectError: connection refused")
+    worker.kube.fail_next("get_job", outage)
+    with pytest.raises(Retry):
+        worker.cancel("t-1", retries=0)
+
+    worker.kube.fail_next("get_job", outage)
+    assert worker.cancel("t-1", retries=MAX_ATTEMPTS) == "answered"
+    assert worker.publisher.responses == [
+        Response(id="t-1", error=f"cancel: task 't-1' was not stopped: {API_UNAVAILABLE}")
+    ]

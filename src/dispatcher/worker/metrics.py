@@ -28,6 +28,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cancel_requests = Counter(
+            "dispatcher_cancel_requests",
+            "Cancel requests by result: stopping, no such task, ended, error.",
+            ["result"],
+            registry=r,
+        )
         self.jobs_finished = Counter(
             "dispatcher_jobs_finished", "Responses published, by outcome.", ["outcome"], registry=r
         )

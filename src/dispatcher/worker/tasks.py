@@ -212,15 +212,18 @@ def _cancel(self: Task, task_id: str, route: dict[str, Any]) -> str:
             log.warning("cancelling task %s failed: %s; will retry", task_id, exc)
             _retry(self, exc, backoff(self.request.retries))
         error = f"cancel: task '{task_id}' was not stopped: {API_UNAVAILABLE}"
+        runtime.metrics.cancel_requests.labels("error").inc()
     except KubeError as exc:  # e.g. forbidden: the operator must fix the RBAC
         runtime.metrics.kube_errors.labels("permanent").inc()
         log.error("cancelling task %s failed: %s", task_id, exc)
         error = f"cancel: task '{task_id}' was not stopped: {INTERNAL_ERROR}"
+        runtime.metrics.cancel_requests.labels("error").inc()
     else:
-        if result is Cancelled.STOPPING:
-            return "stopping"
         if result is Cancelled.NO_SUCH_TASK and self.request.retries < CANCEL_LOOKUPS:
             _retry(self, Exception(result.value), 1.5)
+        runtime.metrics.cancel_requests.labels(result.value).inc()
+        if result is Cancelled.STOPPING:
+            return "stopping"
         error = not_in_progress_error(task_id, result)
     runtime.publisher.publish(error_response(error, task_id), reply, f"{task_id}.{self.request.id}")
     return "answered"
