@@ -17,7 +17,7 @@ import pytest
 from amqp.exceptions import MessageNacked
 
 from dispatcher.amqp.consumer import TaskConsumerStep
-from dispatcher.amqp.topology import SUBMIT_TASK
+from dispatcher.amqp.topology import CANCEL_TASK, SUBMIT_TASK
 from dispatcher.config import Settings
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
@@ -132,6 +132,19 @@ def test_at_max_active_jobs_a_valid_message_goes_back_to_its_queue_unanswered() 
     assert intake.submitted() == []
     assert bad.done == ["ack"]  # invalid input is still answered at once
     assert len(intake.publisher.published) == 1
+
+
+def test_a_cancel_request_is_handed_to_cancel_even_at_max_active_jobs() -> None:
+    intake = intake_with(SETTINGS)  # at the limit: tasks go back, cancels must not
+    cancel = RawMessage(b'{"cancel": "t-1"}', {"correlation_id": "c-5", "reply_to": "amq.gen-x"})
+
+    intake.step.on_message(cancel)
+
+    assert cancel.done == ["ack"]
+    assert intake.submitted() == [
+        {"task": CANCEL_TASK, "args": ["t-1", {"correlation_id": "c-5", "reply_to": "amq.gen-x"}]}
+    ]
+    assert intake.publisher.published == []
 
 
 @pytest.mark.parametrize(
