@@ -278,6 +278,19 @@ class Settings:
         parsers.quantity,
         "Memory limit of the task container (empty: none).",
     )
+    job_node_selector: tuple[tuple[str, str], ...] = _setting(
+        "JOB_NODE_SELECTOR",
+        (),
+        parsers.node_selector,
+        "Comma-separated key=value node labels the task pods must run on (empty: any node).",
+    )
+    job_tolerations: tuple[tuple[str, str | None, str], ...] = _setting(
+        "JOB_TOLERATIONS",
+        (),
+        parsers.tolerations,
+        "Comma-separated taints the task pods tolerate: key=value:Effect or key:Effect "
+        "(empty: none), e.g. a node pool dedicated to tasks.",
+    )
     celery_queue_name: str = _setting(
         "CELERY_QUEUE_NAME",
         "dispatcher.internal",
@@ -378,7 +391,7 @@ def _shown(default: object) -> str:
     if isinstance(default, bool):
         return "true" if default else "false"
     if isinstance(default, tuple):
-        return ",".join(default)
+        return ",".join(str(item) for item in default)
     return str(default)
 
 

@@ -156,3 +156,47 @@ def amount(quantity: str) -> Decimal:
     if match is None:
         raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
     return Decimal(match[1]) * _QUANTITY_FACTOR[match[2] or ""]
+
+
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+)
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+_EFFECTS: Final = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _label_pair(item: str, what: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or len(key) > 316 or not _LABEL_KEY.fullmatch(key):
+        raise Rejected(f"each {what} must be key=value with a label key, got {_quoted(item)}")
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        raise Rejected(f"{_quoted(value)} is not a label value (63 characters of [-A-Za-z0-9_.])")
+    return key, value
+
+
+def node_selector(raw: str) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value``: the labels a node must have to run the task pods."""
+    items = [item for item in raw.split(",") if item.strip()]
+    return tuple(_label_pair(item, "node selector entry") for item in items)
+
+
+def tolerations(raw: str) -> tuple[tuple[str, str | None, str], ...]:
+    """``key=value:Effect`` (Equal) or ``key:Effect`` (Exists), comma-separated: taints the task
+    pods tolerate. Each is (key, value or None, effect)."""
+    parsed: list[tuple[str, str | None, str]] = []
+    for item in (item.strip() for item in raw.split(",") if item.strip()):
+        head, sep, effect = item.rpartition(":")
+        if not sep or effect not in _EFFECTS:
+            raise Rejected(
+                f"each toleration must be key=value:Effect or key:Effect with Effect one of "
+                f"{', '.join(_EFFECTS)}, got {_quoted(item)}"
+            )
+        if "=" in head:
+            key, value = _label_pair(head, "toleration")
+            parsed.append((key, value, effect))
+        elif _LABEL_KEY.fullmatch(head):
+            parsed.append((head, None, effect))
+        else:
+            raise Rejected(f"{_quoted(head)} is not a taint key")
+    return tuple(parsed)

@@ -54,6 +54,8 @@ ADDED_DEFAULTS = {
     "JOB_MEMORY_REQUEST": "64Mi",
     "JOB_CPU_LIMIT": "",
     "JOB_MEMORY_LIMIT": "",
+    "JOB_NODE_SELECTOR": "",
+    "JOB_TOLERATIONS": "",
     "CELERY_QUEUE_NAME": "dispatcher.internal",
     "WATCH_TIMEOUT_SECONDS": "240",
     "WORKER_CONCURRENCY": "8",
@@ -348,3 +350,34 @@ def test_documented_defaults_parse_to_the_defaults() -> None:
     env = {row.env: row.default for row in SETTINGS_TABLE}
 
     assert Settings.from_env(env) == Settings()
+
+
+def test_node_selector_and_tolerations_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "JOB_NODE_SELECTOR": "type=kwok, pool=batch",
+            "JOB_TOLERATIONS": "kwok.x-k8s.io/node=fake:NoSchedule,dedicated:NoExecute",
+        }
+    )
+
+    assert settings.job_node_selector == (("type", "kwok"), ("pool", "batch"))
+    assert settings.job_tolerations == (
+        ("kwok.x-k8s.io/node", "fake", "NoSchedule"),
+        ("dedicated", None, "NoExecute"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"JOB_NODE_SELECTOR": "type"}, "JOB_NODE_SELECTOR: each node selector entry must be"),
+        ({"JOB_NODE_SELECTOR": "a=b c"}, "JOB_NODE_SELECTOR: 'b c' is not a label value"),
+        ({"JOB_TOLERATIONS": "a=b:Sometimes"}, "JOB_TOLERATIONS: each toleration must be"),
+        ({"JOB_TOLERATIONS": "a b:NoSchedule"}, "JOB_TOLERATIONS: 'a b' is not a taint key"),
+    ],
+)
+def test_bad_placement_settings_name_the_variable(env: dict[str, str], line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+
+    assert str(caught.value).startswith(line)

@@ -261,3 +261,16 @@ def test_the_pod_carries_the_correlation_id_for_its_progress_events() -> None:
     metadata = job["spec"]["template"]["metadata"]
     assert metadata["annotations"] == {"job-dispatcher.io/correlation-id": "c-9"}
     assert "annotations" not in job_for(TASK_BODY)["spec"]["template"]["metadata"]
+
+
+def test_placement_comes_from_settings_only() -> None:
+    settings = Settings.from_env(
+        {"JOB_NODE_SELECTOR": "type=kwok", "JOB_TOLERATIONS": "kwok.x-k8s.io/node=fake:NoSchedule"}
+    )
+    spec = job_for({**TASK_BODY, "nodeSelector": {"x": "y"}}, settings=settings)["spec"]
+
+    assert spec["template"]["spec"]["nodeSelector"] == {"type": "kwok"}
+    assert spec["template"]["spec"]["tolerations"] == [
+        {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
+    ]
+    assert "nodeSelector" not in job_for(TASK_BODY)["spec"]["template"]["spec"]

@@ -109,6 +109,7 @@ def _pod_spec(task: Task, settings: Settings) -> dict[str, Any]:
         "activeDeadlineSeconds": _run_seconds(task, settings),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        **_placement(settings),
         "containers": [_container(task, settings)],
         "volumes": [
             {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": settings.pvc_name}}
@@ -145,6 +146,21 @@ def _container(task: Task, settings: Settings) -> dict[str, Any]:
         }
     )
     return container
+
+
+def _placement(settings: Settings) -> dict[str, Any]:
+    """Where the pods may run, from settings only (a task cannot choose its node)."""
+    placement: dict[str, Any] = {}
+    if settings.job_node_selector:
+        placement["nodeSelector"] = dict(settings.job_node_selector)
+    if settings.job_tolerations:
+        placement["tolerations"] = [
+            {"key": key, "operator": "Equal", "value": value, "effect": effect}
+            if value is not None
+            else {"key": key, "operator": "Exists", "effect": effect}
+            for key, value, effect in settings.job_tolerations
+        ]
+    return placement
 
 
 def _env(task: Task) -> list[dict[str, str]]:
