@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down demo test check lint typecheck unit integration bench chaos docs image clean
+.PHONY: help venv up down scale-up scale-down demo test check lint typecheck unit integration bench chaos docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,12 @@ up:  ## start RabbitMQ and the single-node Kubernetes (idempotent)
 
 down:  ## stop the local stack and leave nothing behind
 	bash stack/down.sh
+
+scale-up: up  ## opt-in scale mode: build kwok (cached), add a simulated node, raise the controller manager's rate limits
+	bash stack/scale.sh up
+
+scale-down:  ## leave scale mode: remove the simulated node, stop kwok, default rate limits again
+	bash stack/scale.sh down
 
 demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json, print the response
 	bash scripts/demo.sh

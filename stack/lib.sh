@@ -32,6 +32,20 @@ start_component() {
   echo $! >"$STACK_RUN/pids/$name.pid"
 }
 
+# start_controller_manager [FLAG...]: the controller manager as the stack runs it, plus FLAGs
+# (scale mode raises its client rate limits).
+start_controller_manager() {
+  start_component kube-controller-manager "$K8S_BIN/kube-controller-manager" \
+    --kubeconfig="$CONF/controller-manager.kubeconfig" \
+    --authentication-kubeconfig="$CONF/controller-manager.kubeconfig" \
+    --authorization-kubeconfig="$CONF/controller-manager.kubeconfig" \
+    --bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
+    --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --service-cluster-ip-range=10.96.0.0/24 --controllers='*' \
+    --node-monitor-period=2s --pvclaimbinder-sync-period=2s --v=1 "$@"
+}
+
 component_alive() {
   local f=$STACK_RUN/pids/$1.pid
   [ -f "$f" ] && pid_running "$(cat "$f")"

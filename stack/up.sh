@@ -80,15 +80,7 @@ start_component kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers=http://1
   --allow-privileged=true --profiling=false --v=1
 waitfor kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" https://127.0.0.1:6443/readyz
 
-start_component kube-controller-manager "$K8S_BIN/kube-controller-manager" \
-  --kubeconfig="$CONF/controller-manager.kubeconfig" \
-  --authentication-kubeconfig="$CONF/controller-manager.kubeconfig" \
-  --authorization-kubeconfig="$CONF/controller-manager.kubeconfig" \
-  --bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
-  --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
-  --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
-  --service-cluster-ip-range=10.96.0.0/24 --controllers='*' \
-  --node-monitor-period=2s --pvclaimbinder-sync-period=2s --v=1
+start_controller_manager
 start_component kube-scheduler "$K8S_BIN/kube-scheduler" --config="$CONF/scheduler.yaml" \
   --bind-address=127.0.0.1 --authentication-kubeconfig="$CONF/scheduler.kubeconfig" \
   --authorization-kubeconfig="$CONF/scheduler.kubeconfig" --v=1
