@@ -57,9 +57,13 @@ class JobWatchStep(bootsteps.StartStopStep):
                 request.delay_seconds,
                 request.why,
             )
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             if request.deleted_annotations is not None:
                 kwargs["deleted_annotations"] = request.deleted_annotations
+            if request.job is not None:
+                kwargs["job"] = request.job
+            if request.pod is not None:
+                kwargs["pod"] = request.pod
             finalize.apply_async(
                 args=[request.job_name, request.job_uid],
                 kwargs=kwargs,
@@ -71,7 +75,6 @@ class JobWatchStep(bootsteps.StartStopStep):
             schedule,
             stuck_grace_seconds=settings.image_pull_grace_seconds,
             queue_timeout_seconds=settings.queue_timeout_seconds,
-            keep_answered=settings.idempotency_window_seconds > 0,
             on_job_seen=runtime.admission.settled,
             on_started=runtime.progress.running if runtime.progress.enabled else None,
         )
