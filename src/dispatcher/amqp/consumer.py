@@ -6,6 +6,10 @@ for each message either publishes an error response (invalid input) or sends the
 message (`TASK_ACK_MODE=confirmed`). With `TASK_ACK_MODE=immediate` it acks first, as the
 original service did. Message bodies are never decoded by kombu: we parse bytes ourselves.
 
+Error answers do not wait for their confirm one by one: they go out on a connection of their
+own with pipelined confirms (`amqp.confirms`), and each message is acked when its answer's
+confirm arrives — thousands of invalid messages a second instead of one per round trip.
+
 Back-pressure: when `MAX_ACTIVE_JOBS` is reached, a valid task is put back on its queue and the
 consumer cancels its subscription until Jobs end; invalid messages are still answered at once,
 and cancel requests (``{"cancel": "<task id>"}``) are handed to `dispatcher.cancel` whatever the
@@ -22,6 +26,7 @@ from celery import bootsteps
 from kombu import Consumer
 from kombu.message import Message
 
+from dispatcher.amqp.confirms import PipelinedAnswers
 from dispatcher.amqp.topology import CANCEL_TASK, SUBMIT_TASK, response_queue, task_queue
 from dispatcher.core.intake import Accepted, CancelRequested, Rejected, take
 
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESUME_CHECK_SECONDS = 0.5
 QUEUE_DEPTH_SECONDS = 5.0
+CONFIRM_POLL_SECONDS = 0.1
 
 
 class TaskConsumerStep(bootsteps.ConsumerStep):
@@ -39,6 +45,7 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         self._timers: list[Any] = []
         self._consumer: Consumer | None = None
         self._paused = False
+        self._answers: PipelinedAnswers | None = None
 
     def start(self, parent: Any) -> None:
         super().start(parent)
@@ -47,10 +54,20 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         # Timers run on the consumer's own thread, the only one that may use its channel. The
         # first wakes the event loop every second so a SIGTERM is acted on at once (it otherwise
         # sleeps until its next timer, up to ten seconds) and resumes a paused intake.
+        hub = getattr(parent, "hub", None)
+        self._answers = PipelinedAnswers(
+            lambda: self.app.connection_for_write(
+                transport_options={"confirm_publish": False}, heartbeat=0
+            ),
+            self.runtime.settings,
+            watch=(lambda fd: hub.add_reader(fd, self._poll_answers)) if hub else None,
+            unwatch=hub.remove_reader if hub else None,
+        )
         if parent.timer is not None:
             self._timers = [
                 parent.timer.call_repeatedly(RESUME_CHECK_SECONDS, self._resume_if_room),
                 parent.timer.call_repeatedly(QUEUE_DEPTH_SECONDS, self._measure_queue),
+                parent.timer.call_repeatedly(CONFIRM_POLL_SECONDS, self._poll_answers),
             ]
 
     def stop(self, parent: Any) -> None:
@@ -58,11 +75,21 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        self._close_answers()
         super().stop(parent)
 
     def shutdown(self, parent: Any) -> None:
         self.runtime.broker_ready.clear()
+        self._close_answers()
         super().shutdown(parent)
+
+    def _poll_answers(self) -> None:
+        if self._answers is not None and self._answers.pending():
+            self._answers.poll()
+
+    def _close_answers(self) -> None:
+        if self._answers is not None:
+            self._answers.close()
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         settings = self.runtime.settings
@@ -91,6 +118,9 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
             return
         if immediate:
             message.ack()
+        if isinstance(outcome, Rejected) and self._answers is not None:
+            self._answer(outcome, message, immediate)
+            return
         try:
             self.handle(outcome)
         except Exception:
@@ -100,6 +130,24 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
             return
         if not immediate:
             message.ack()
+
+    def _answer(self, rejected: Rejected, message: Message, immediate: bool) -> None:
+        """Answer an invalid message; ack it once the broker confirmed the answer (put it back
+        when it did not: it is read and answered again)."""
+        self.runtime.metrics.tasks_invalid.inc()
+        log.info("rejected a task message: %s", rejected.response.error)
+
+        def settle(confirmed: bool) -> None:
+            if immediate:
+                if not confirmed:
+                    log.error("the answer to an invalid message was lost (TASK_ACK_MODE=immediate)")
+            elif confirmed:
+                message.ack()
+            else:
+                message.requeue()
+
+        assert self._answers is not None
+        self._answers.publish(rejected.response, rejected.route, rejected.message_id, settle)
 
     def handle(self, outcome: Accepted | CancelRequested | Rejected) -> None:
         if isinstance(outcome, Rejected):
