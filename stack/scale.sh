@@ -6,7 +6,8 @@
 # pods that ask for it land there: run the dispatcher with
 #   JOB_NODE_SELECTOR=type=kwok JOB_TOLERATIONS=kwok.x-k8s.io/node=fake:NoSchedule
 # Its pods run nothing: kwok marks them Running, then Succeeded with exit code 0 after
-# KWOK_RUN_MILLISECONDS (default 1000), and serves "done" as every task container's log.
+# KWOK_RUN_MILLISECONDS (default 1000) — or at the time a task sets in its env KWOK_FINISH_AT —
+# and serves "done" as every task container's log.
 # The controller manager is restarted with its client rate limit raised from the default 20
 # requests per second (KCM_QPS, default 200): at 20 the Job controller, not the dispatcher, caps
 # how fast thousands of Jobs start and finish. `down` restarts it with the defaults again.
@@ -15,6 +16,16 @@ set -euo pipefail
 KWOK_DIR=$STACK_CACHE/kwok-$KWOK_VERSION
 NODE_NAME=kwok-node-0
 RUN_MS=${KWOK_RUN_MILLISECONDS:-1000}
+# How long a pod "runs": RUN_MS, or until the time (RFC 3339) in its task container's
+# KWOK_FINISH_AT environment variable, so a benchmark can hold thousands of tasks in flight at once.
+COMPLETE_DELAY=$(cat <<'YAML'
+  delay:
+    durationMilliseconds: RUN_MS
+    durationFrom:
+      jq:
+        expression: '.spec.containers[]? | select(.name == "task") | .env[]? | select(.name == "KWOK_FINISH_AT") | .value'
+YAML
+)
 
 up() {
   [ -f "$LOCAL/kubeconfig" ] || { echo "scale: the stack is not up (make up)" >&2; exit 1; }
@@ -25,7 +36,7 @@ up() {
       cat "$KWOK_DIR/stage/node/fast/node-initialize.yaml"; echo "---"
       cat "$KWOK_DIR/stage/node/heartbeat/node-heartbeat.yaml"; echo "---"
       cat "$KWOK_DIR/stage/pod/fast/pod-ready.yaml"; echo "---"
-      sed -e "s/^  next:/  delay:\n    durationMilliseconds: $RUN_MS\n  next:/" \
+      awk -v delay="${COMPLETE_DELAY//RUN_MS/$RUN_MS}" '/^  next:/ { print delay } { print }' \
         "$KWOK_DIR/stage/pod/fast/pod-complete.yaml"; echo "---"
       cat "$KWOK_DIR/stage/pod/fast/pod-delete.yaml"; echo "---"
       cat <<YAML
