@@ -8,9 +8,10 @@
 # Its pods run nothing: kwok marks them Running, then Succeeded with exit code 0 after
 # KWOK_RUN_MILLISECONDS (default 1000) — or at the time a task sets in its env KWOK_FINISH_AT —
 # and serves "done" as every task container's log.
-# The controller manager is restarted with its client rate limit raised from the default 20
-# requests per second (KCM_QPS, default 200): at 20 the Job controller, not the dispatcher, caps
-# how fast thousands of Jobs start and finish. `down` restarts it with the defaults again.
+# The controller manager and the scheduler are restarted with their client rate limits raised
+# from the defaults (20 and 50 requests per second) to KCM_QPS (default 200): at the defaults the
+# Job controller and the scheduler's bindings, not the dispatcher, cap how fast thousands of Jobs
+# start and finish. `down` restarts both with the defaults again.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 KWOK_DIR=$STACK_CACHE/kwok-$KWOK_VERSION
@@ -58,6 +59,9 @@ YAML
       --cidr=10.245.0.0/16
   fi
   restart_controller_manager --kube-api-qps="${KCM_QPS:-200}" --kube-api-burst="$(( ${KCM_QPS:-200} * 2 ))"
+  sed -e "s/^clientConnection:/clientConnection:\n  qps: ${KCM_QPS:-200}\n  burst: $(( ${KCM_QPS:-200} * 2 ))/" \
+    "$CONF/scheduler.yaml" >"$CONF/scheduler-scale.yaml"
+  restart_scheduler "$CONF/scheduler-scale.yaml"
   $KUBECTL apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Node
@@ -81,6 +85,12 @@ restart_controller_manager() {
   waitfor kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
 }
 
+restart_scheduler() {
+  stop_component kube-scheduler
+  start_scheduler "$@"
+  waitfor kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
+}
+
 node_ready() {
   [ "$($KUBECTL get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
@@ -93,7 +103,8 @@ down() {
   fi
   stop_component kwok
   if [ -f "$LOCAL/kubeconfig" ] && component_alive kube-apiserver; then
-    restart_controller_manager  # its default rate limits again
+    restart_controller_manager  # their default rate limits again
+    restart_scheduler
   fi
   echo "scale: kwok stopped"
 }

@@ -84,30 +84,18 @@ def test_an_answer_on_a_broken_connection_is_not_confirmed_and_the_next_one_reco
     url = f"amqp://{env['AMQP_USER']}:{env['AMQP_PASSWORD']}@127.0.0.1:{proxy.port}//"
     sender = answers(instance, url)
     results: list[tuple[str, bool]] = []
+
+    def answer(task_id: str) -> None:
+        done = lambda ok: results.append((task_id, ok))  # noqa: E731
+        sender.publish(Response(id=task_id, error="bad"), ReplyRoute(), f"invalid.{task_id}", done)
+        settle(sender)
+
     try:
-        sender.publish(
-            Response(id="t-1", error="bad"),
-            ReplyRoute(),
-            "invalid.1",
-            lambda ok: results.append(("t-1", ok)),
-        )
-        settle(sender)
+        answer("t-1")
         proxy.cut()
-        sender.publish(
-            Response(id="t-2", error="bad"),
-            ReplyRoute(),
-            "invalid.2",
-            lambda ok: results.append(("t-2", ok)),
-        )
-        settle(sender)
+        answer("t-2")
         proxy.restore()
-        sender.publish(
-            Response(id="t-3", error="bad"),
-            ReplyRoute(),
-            "invalid.3",
-            lambda ok: results.append(("t-3", ok)),
-        )
-        settle(sender)
+        answer("t-3")
     finally:
         sender.close()
         proxy.close()
