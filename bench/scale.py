@@ -325,6 +325,7 @@ def measure(n: int) -> Row:
     t0 = time.monotonic()
     sampler = RssSampler(t0)
     answers = ResponseCollector(instance, t0)
+    worker: Worker | None = None
     try:
         with JobMonitor(instance.env()) as monitor:
             # 1. idle worker, then N tasks that all finish at one time
@@ -400,6 +401,8 @@ def measure(n: int) -> Row:
         )
         row.rss_curve = sampler.curve
     finally:
+        if worker is not None:  # a run cut short must not leave its worker running
+            worker.stop()
         answers.stop()
         sampler.stop()
         broker.close()

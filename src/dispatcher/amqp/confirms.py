@@ -24,6 +24,7 @@ from typing import Any
 
 from kombu import Producer
 
+from dispatcher.amqp.publisher import log_reply_queue_gone, response_message
 from dispatcher.config import Settings
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
@@ -123,23 +124,14 @@ class PipelinedAnswers:
 
     def _send(self, answer: _Answer) -> None:
         producer = self._open()
-        properties: dict[str, Any] = {"message_id": answer.message_id}
-        if answer.route.correlation_id:
-            properties["correlation_id"] = answer.route.correlation_id
+        body, properties = response_message(answer.response, answer.route, answer.message_id)
         if answer.to_reply_queue:
             exchange, key = "", str(answer.route.reply_to)
         else:
             exchange = self._settings.response_exchange_name
             key = self._settings.response_routing_key
         producer.publish(
-            answer.response.encode(),
-            exchange=exchange,
-            routing_key=key,
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=2,
-            mandatory=answer.to_reply_queue,
-            **properties,
+            body, exchange=exchange, routing_key=key, mandatory=answer.to_reply_queue, **properties
         )
         self._seq += 1
         self._pending[self._seq] = answer
@@ -169,12 +161,7 @@ class PipelinedAnswers:
             returned = (str(answer.route.reply_to), answer.message_id)
             if answer.to_reply_queue and returned in self._returned:
                 self._returned.remove(returned)
-                log.warning(
-                    "reply queue %s of %s no longer exists; the answer goes to %s",
-                    answer.route.reply_to,
-                    answer.response.id,
-                    self._settings.response_exchange_name,
-                )
+                log_reply_queue_gone(answer.response, answer.route, self._settings)
                 self._send(replace(answer, to_reply_queue=False, sent=self._clock()))
             else:
                 _call(answer.done, True)
