@@ -6,20 +6,25 @@ docs/benchmarks.md and its plot, docs/benchmarks-scale.png.
     python bench/scale.py [--write] [N ...]
 
 For each N, in one run:
-1. raw ceiling: this harness creates min(N, RAW_JOBS) Jobs straight through the API from 8
-   threads (suspended: nothing runs) — what this control plane takes at most, measured next to
-   the dispatcher's own rate.
+1. raw ceilings: this harness creates min(N, RAW_JOBS) of the same Jobs straight through the API
+   from 8 threads, suspended (nothing runs: the API server alone) and running (their pods on the
+   kwok node) — what this control plane takes at most, measured next to the dispatcher's rate.
 2. a worker with default settings (except: pods go to the kwok node, MAX_ACTIVE_JOBS=0) takes N
    tasks from its queue; every pod "runs" until one common time (the task's env KWOK_FINISH_AT),
    so all N are in flight at once. Measured: the Job-create rate (from a watch of the Jobs), the
    worker's RSS idle and with N in flight (KB per Job), its connections to the API server.
+   (The harness's own watch of the Jobs stops before step 4, so that it takes no CPU then.)
 3. restart with N in flight: that worker is stopped (SIGTERM) and a new one started: the time
    until /readyz answers 200, and its peak RSS meanwhile.
 4. that worker is stopped too; all N pods finish while no worker runs; a third worker starts and
    answers every ended Job: the finalize rate (answers per second from its start).
 5. every answer is checked (N distinct ids, exit 0, output "done"); lost and duplicates counted.
-   Kubernetes requests per task: the three workers' dispatcher_kube_api_requests_total, every
-   verb but watch (the watches' lists included), divided by N.
+   Kubernetes requests per task: the three workers' dispatcher_kube_api_request_seconds_count,
+   every verb but watch (the watches' lists included), divided by N.
+6. where finalize's time goes: CPU milliseconds per answer of the worker and of each stack
+   process (from /proc, by the PIDs the stack recorded), the machine's idle share, and the API
+   server's mean answer time per verb as the third worker saw it. "harness" is this process
+   (collecting the answers), "other" the rest of the machine (scheduler, kubelet, kernel).
 
 Bounded: every wait has a deadline; the installation's Jobs are deleted after each N.
 """
@@ -79,6 +84,9 @@ KWOK = {"JOB_NODE_SELECTOR": "type=kwok", "JOB_TOLERATIONS": "kwok.x-k8s.io/node
 EXPECTED_RATE = 60.0  # Jobs per second assumed when choosing the common finish time
 MARGIN_SECONDS = 90.0  # and the time after that for the measurements and the restart
 API_PORT_HEX = f"{6443:04X}"
+STACK_PIDS = Path("/run/dispatcher-stack/pids")
+STACK_PROCESSES = ("kube-apiserver", "etcd", "kube-controller-manager", "kwok", "rabbitmq")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -99,6 +107,9 @@ class Row:
     all_answered_s: float = 0.0  # from the worker's start
     finalize_ready_s: float = 0.0
     finalize_peak_mib: float = 0.0
+    finalize_cpu_ms: dict[str, float] = field(default_factory=dict)  # per answer, by process
+    finalize_idle: float = 0.0  # share of the machine's CPU time left idle while finalizing
+    finalize_answer_ms: dict[str, float] = field(default_factory=dict)  # API mean, by verb
     answered: int = 0
     lost: int = 0
     duplicates: int = 0
@@ -195,21 +206,49 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> floa
     raise RuntimeError(f"worker not ready after {timeout:g} s")
 
 
-def kube_requests(port: int) -> Counter[str]:
-    """The worker's Kubernetes requests so far, by verb, without the watches."""
+def kube_requests(port: int, part: str = "count") -> Counter[str]:
+    """The worker's Kubernetes requests so far by verb, without the watches (`part` "sum": the
+    seconds they took)."""
     _, text = get(f"http://127.0.0.1:{port}/metrics")
     counted: Counter[str] = Counter()
-    pattern = r'^dispatcher_kube_api_requests_total\{resource="[^"]*",verb="([^"]*)"\} (\S+)'
+    metric = f"dispatcher_kube_api_request_seconds_{part}"
+    pattern = rf'^{metric}\{{resource="[^"]*",verb="([^"]*)"\}} (\S+)'
     for verb, value in re.findall(pattern, text, re.MULTILINE):
         if verb != "watch":
-            counted[verb] += round(float(value))
+            counted[verb] += float(value)
     return counted
 
 
 def stop(worker: Worker, port: int, row: Row) -> None:
     """Stop a worker by its PID (SIGTERM), adding its Kubernetes requests to the row first."""
-    row.requests += kube_requests(port)
+    row.requests += Counter({v: round(c) for v, c in kube_requests(port).items()})
     worker.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and the processes it started (that still run)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return own + sum(cpu_seconds(int(child)) for child in children)
+
+
+def cpu_snapshot(worker_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the worker, each stack process, and the whole machine idle."""
+    seen = {"worker": cpu_seconds(worker_pid)}
+    for name in STACK_PROCESSES:
+        pid_file = STACK_PIDS / f"{name}.pid"
+        seen[name] = cpu_seconds(int(pid_file.read_text())) if pid_file.exists() else 0.0
+    own = os.times()
+    seen["harness"] = own.user + own.system  # this process: collector, sampler (not the worker)
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    seen["idle"], seen["all"] = int(cpu[3]) / CLOCK_TICKS, sum(map(int, cpu)) / CLOCK_TICKS
+    busy = seen["all"] - seen["idle"]
+    seen["other"] = busy - sum(v for k, v in seen.items() if k not in ("idle", "all"))
+    return seen
 
 
 # -- the raw ceiling ---------------------------------------------------------------------------
@@ -378,10 +417,21 @@ def measure(n: int) -> Row:
             time.sleep(max(0.0, pause))
             wait_for("every pod finished", lambda: count_pods(selector, "Succeeded") >= n, 300, 2.0)
             wait_for("every Job ended", lambda: monitor.ended() >= n, 300, 1.0)
+            monitor.__exit__()  # its watch would take CPU from what is measured next
             say("worker 3 starts: answering")
             began = time.monotonic()
             worker, row.finalize_ready_s = start_worker(instance, broker, sampler)
+            assert worker.proc is not None
+            cpu_before = cpu_snapshot(worker.proc.pid)
             answers.wait(n, n / 20 + 120)
+            cpu_after = cpu_snapshot(worker.proc.pid)
+            used = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
+            row.finalize_cpu_ms = {
+                k: v * 1000 / n for k, v in used.items() if k not in ("idle", "all")
+            }
+            row.finalize_idle = used["idle"] / max(used["all"], 1e-6)
+            spent, made = kube_requests(port, "sum"), kube_requests(port)
+            row.finalize_answer_ms = {v: spent[v] * 1000 / made[v] for v in made if made[v]}
             arrived = sorted(t for t, _ in answers.bodies)
             row.first_answer_s = arrived[0] - (began - t0)
             row.all_answered_s = arrived[-1] - (began - t0)
@@ -501,7 +551,20 @@ def report(rows: list[Row]) -> str:
             for r in rows
         ],
     )
-    return "\n\n".join([create, requests, memory, restart])
+    processes = ["worker", *STACK_PROCESSES, "harness", "other"]
+    cost = table(
+        "Where finalize's time goes: CPU ms per answer by process, the machine's idle share, and "
+        "the API server's mean answer time (ms) as the answering worker saw it",
+        ["tasks", *processes, "idle", "patch ms", "log ms"],
+        [
+            [f"{r.n:,}"]
+            + [f"{r.finalize_cpu_ms.get(p, 0):.1f}" for p in processes]
+            + [f"{r.finalize_idle:.0%}"]
+            + [f"{r.finalize_answer_ms.get(v, 0):.0f}" for v in ("patch", "log")]
+            for r in rows
+        ],
+    )
+    return "\n\n".join([create, requests, memory, restart, cost])
 
 
 def segments(curve: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:

@@ -1,5 +1,6 @@
-"""The Kubernetes client counts every request it makes, by verb and resource, and lists page by
-page (against an in-process HTTP transport: no cluster)."""
+"""The Kubernetes client tells of every request it makes, by verb and resource with the seconds
+it took (failed ones too), and lists page by page (against an in-process HTTP transport: no
+cluster)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 from typing import Any
 
 import httpx2
+import pytest
 
+from dispatcher.errors import TransientKubeError
 from dispatcher.kube.client import KubeClient
 
 
@@ -30,7 +33,7 @@ def serve(request: httpx2.Request) -> httpx2.Response:
 def client(counted: list[tuple[str, str]]) -> KubeClient:
     http = httpx2.Client(transport=httpx2.MockTransport(serve), base_url="https://api.test")
     return KubeClient(
-        http, "ns", on_request=lambda verb, resource: counted.append((verb, resource))
+        http, "ns", on_request=lambda verb, resource, _: counted.append((verb, resource))
     )
 
 
@@ -55,6 +58,26 @@ def test_every_request_is_counted_by_verb_and_resource() -> None:
         ("delete", "jobs"),
         ("watch", "jobs"),
     ]
+
+
+def test_a_failed_request_is_told_with_its_time() -> None:
+    told: list[tuple[str, str, float]] = []
+
+    def fail(request: httpx2.Request) -> httpx2.Response:
+        if request.url.path.endswith("/log"):
+            raise httpx2.ConnectError("refused")
+        return httpx2.Response(500, json={"message": "etcd is away"})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(fail), base_url="https://api.test")
+    kube = KubeClient(http, "ns", on_request=lambda *request: told.append(request))
+
+    with pytest.raises(TransientKubeError, match="etcd is away"):
+        kube.patch_job("t-1", {"metadata": {"annotations": {"a": "b"}}})
+    with pytest.raises(TransientKubeError, match="ConnectError"):
+        kube.read_log("t-1-x", "task", 100)
+
+    assert [(verb, resource) for verb, resource, _ in told] == [("patch", "jobs"), ("log", "pods")]
+    assert all(0 <= seconds < 5 for _, _, seconds in told)
 
 
 def test_a_list_hands_on_each_page_as_it_arrives() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -75,9 +76,23 @@ def error_from_response(response: httpx2.Response, action: str) -> KubeError:
     return _PERMANENT_BY_STATUS.get(status, PermanentKubeError)(text, status)
 
 
-RequestCounter = Callable[[str, str], None]
-"""Told of every request made, with its verb (get, list, watch, create, patch, delete, log) and
-resource (jobs, pods, ...): how the dispatcher's load on the API server is counted."""
+RequestObserver = Callable[[str, str, float], None]
+"""Told of every request made, with its verb (get, list, watch, create, patch, delete, log), its
+resource (jobs, pods, ...) and the seconds until its answer (its head, for a log or a watch,
+which stream), failed ones included: the dispatcher's load on the API server and how fast the
+API server answers it."""
+
+
+def _classify(method: str, path: str, params: Mapping[str, str] | None) -> tuple[str, str]:
+    """The verb and resource of a request to one of `KubeClient._path`'s paths."""
+    parts = path.split("/")
+    resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts else "?"
+    named = len(parts) > parts.index(resource) + 1 if resource in parts else False
+    if path.endswith("/log"):
+        return "log", resource
+    if method == "GET":
+        return ("get" if named else "watch" if (params or {}).get("watch") else "list"), resource
+    return {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, method), resource
 
 
 class KubeClient:
@@ -89,12 +104,12 @@ class KubeClient:
         namespace: str,
         *,
         field_manager: str = "dispatcher",
-        on_request: RequestCounter | None = None,
+        on_request: RequestObserver | None = None,
     ):
         self._http = http
         self.namespace = namespace
         self._field_manager = field_manager
-        self.on_request: RequestCounter = on_request or (lambda verb, resource: None)
+        self.on_request: RequestObserver = on_request or (lambda verb, resource, seconds: None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeClient:
@@ -122,22 +137,20 @@ class KubeClient:
             path += "/" + sub
         return path
 
-    def _count(self, method: str, path: str, params: Mapping[str, str] | None) -> None:
-        parts = path.split("/")
-        resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts else "?"
-        named = len(parts) > parts.index(resource) + 1 if resource in parts else False
-        if path.endswith("/log"):
-            verb = "log"
-        elif method == "GET":
-            verb = "get" if named else "watch" if (params or {}).get("watch") else "list"
-        else:
-            verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
-        self.on_request(verb, resource)
+    @contextmanager
+    def _observed(self, method: str, path: str, params: Mapping[str, str] | None) -> Iterator[None]:
+        """Times the request made inside and tells `on_request`, whether it succeeded or not."""
+        verb, resource = _classify(method, path, params)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.on_request(verb, resource, time.monotonic() - started)
 
     def _call(self, method: str, path: str, action: str, **kwargs: Any) -> httpx2.Response:
-        self._count(method, path, kwargs.get("params"))
         try:
-            response = self._http.request(method, path, **kwargs)
+            with self._observed(method, path, kwargs.get("params")):
+                response = self._http.request(method, path, **kwargs)
         except httpx2.RequestError as exc:  # transport failures and undecodable bodies
             raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
         if response.is_error:
@@ -251,12 +264,12 @@ class KubeClient:
         self, path: str, params: Mapping[str, str], action: str, *, read_timeout: float
     ) -> Iterator[httpx2.Response]:
         """A streamed GET whose HTTP and transport errors become KubeErrors; always closed."""
-        self._count("GET", path, params)
         request = self._http.build_request(
             "GET", path, params=params, timeout=httpx2.Timeout(15.0, read=read_timeout)
         )
         try:
-            response = self._http.send(request, stream=True)
+            with self._observed("GET", path, params):
+                response = self._http.send(request, stream=True)
             try:
                 if response.is_error:
                     response.read()

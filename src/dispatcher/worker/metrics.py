@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+KUBE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 JOB_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 
@@ -78,11 +79,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.kube_requests = Counter(
-            "dispatcher_kube_api_requests",
-            "Requests made to the Kubernetes API, by verb (get, list, watch, create, patch, "
-            "delete, log) and resource.",
+        self.kube_requests = Histogram(
+            "dispatcher_kube_api_request_seconds",
+            "Requests made to the Kubernetes API and the seconds until each was answered (its "
+            "head, for logs and watches), by verb (get, list, watch, create, patch, delete, "
+            "log) and resource; _count counts the requests.",
             ["verb", "resource"],
+            buckets=KUBE_BUCKETS,
             registry=r,
         )
         self.watch_restarts = Counter(

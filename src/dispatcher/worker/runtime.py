@@ -55,7 +55,9 @@ class Runtime:
         with self._lock:
             client = KubeClient.from_settings(self.settings)
         requests = self.metrics.kube_requests
-        client.on_request = lambda verb, resource: requests.labels(verb, resource).inc()
+        client.on_request = lambda verb, resource, seconds: requests.labels(verb, resource).observe(
+            seconds
+        )
         return client
 
     def connect_kube(self) -> KubeClient:
