@@ -236,9 +236,10 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(int(child)) for child in children)
 
 
-def cpu_snapshot(worker_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the worker, each stack process, and the whole machine idle."""
-    seen = {"worker": cpu_seconds(worker_pid)}
+def cpu_snapshot(worker_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the worker (0 before it starts), each stack process, this process,
+    and the whole machine: busy in processes not named ("other"), idle, all."""
+    seen = {"worker": cpu_seconds(worker_pid) if worker_pid is not None else 0.0}
     for name in STACK_PROCESSES:
         pid_file = STACK_PIDS / f"{name}.pid"
         seen[name] = cpu_seconds(int(pid_file.read_text())) if pid_file.exists() else 0.0
@@ -420,9 +421,9 @@ def measure(n: int) -> Row:
             monitor.__exit__()  # its watch would take CPU from what is measured next
             say("worker 3 starts: answering")
             began = time.monotonic()
+            cpu_before = cpu_snapshot(None)  # from the worker's start: its lists count too
             worker, row.finalize_ready_s = start_worker(instance, broker, sampler)
             assert worker.proc is not None
-            cpu_before = cpu_snapshot(worker.proc.pid)
             answers.wait(n, n / 20 + 120)
             cpu_after = cpu_snapshot(worker.proc.pid)
             used = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
@@ -553,8 +554,9 @@ def report(rows: list[Row]) -> str:
     )
     processes = ["worker", *STACK_PROCESSES, "harness", "other"]
     cost = table(
-        "Where finalize's time goes: CPU ms per answer by process, the machine's idle share, and "
-        "the API server's mean answer time (ms) as the answering worker saw it",
+        "Where finalize's time goes: CPU ms per answer by process (from the answering worker's "
+        "start to the last answer), the machine's idle share meanwhile, and the API server's "
+        "mean answer time (ms) as that worker saw it",
         ["tasks", *processes, "idle", "patch ms", "log ms"],
         [
             [f"{r.n:,}"]
