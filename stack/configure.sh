@@ -145,6 +145,14 @@ listeners.tcp.1 = 127.0.0.1:5672
 # Pods reach the broker through the bridge gateway only (nothing else is exposed).
 listeners.tcp.2 = $POD_GATEWAY:5672
 loopback_users.guest = true
+# AMQP over TLS with a certificate of the stack's own CA; a client certificate, when presented,
+# must chain to it too (tests/e2e/test_tls.py).
+listeners.ssl.1 = 127.0.0.1:5671
+ssl_options.cacertfile = $PKI/ca.crt
+ssl_options.certfile = $PKI/amqp-server.crt
+ssl_options.keyfile = $PKI/amqp-server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
 log.console = false
 log.file.level = info
 EOT

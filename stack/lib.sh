@@ -20,6 +20,7 @@ BRIDGE=dstack0
 POD_SUBNET=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 POD_AMQP_USER=dispatcher-pod
+PRODUCER_AMQP_USER=producer
 KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
 CTR="ctr --address $SOCK -n k8s.io"
 RABBITMQ_LIB=/usr/lib/rabbitmq/bin

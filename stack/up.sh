@@ -20,9 +20,32 @@ TEST_IMAGE=$TEST_IMAGE
 POD_AMQP_HOST=$POD_GATEWAY
 POD_AMQP_USER=$POD_AMQP_USER
 POD_AMQP_PASSWORD=$(cat "$LOCAL/pod-amqp-password")
+PRODUCER_AMQP_USER=$PRODUCER_AMQP_USER
+PRODUCER_AMQP_PASSWORD=$(cat "$LOCAL/producer-amqp-password")
 POD_KUBERNETES_SERVICE_HOST=$POD_GATEWAY
 POD_KUBERNETES_SERVICE_PORT=6443
+STACK_AMQPS_PORT=5671
+STACK_CA_FILE=$PKI/ca.crt
+STACK_AMQP_CLIENT_CERT=$PKI/amqp-client.crt
+STACK_AMQP_CLIENT_KEY=$PKI/amqp-client.key
 EOT
+}
+
+# guest may only connect from loopback. The two kinds of broker users (docs/security.md), each
+# with a fresh password: the dispatcher's pods' and a producer's, granted what `dispatcher
+# permissions` prints for the default names (tests/unit/test_permissions.py keeps them equal).
+DISPATCHER_PERMISSIONS=('^(tasks|responses|dispatcher\.internal)$' '^(tasks|responses|dispatcher\.internal|amq\.default)$' '^(tasks|responses|dispatcher\.internal)$')
+PRODUCER_PERMISSIONS=('^(amq\.gen\-.*)$' '^(tasks|amq\.gen\-.*)$' '^(responses|amq\.gen\-.*)$')
+broker_user() {  # USER PASSWORD-FILE CONFIGURE WRITE READ
+  [ -s "$2" ] || (umask 077; openssl rand -hex 16 > "$2")
+  "$RABBITMQ_LIB/rabbitmqctl" -q add_user "$1" "$(cat "$2")" >/dev/null 2>&1 ||
+    "$RABBITMQ_LIB/rabbitmqctl" -q change_password "$1" "$(cat "$2")" >/dev/null
+  "$RABBITMQ_LIB/rabbitmqctl" -q set_permissions -p / "$1" "$3" "$4" "$5" >/dev/null
+}
+broker_users() {
+  rabbitmq_env
+  broker_user "$POD_AMQP_USER" "$LOCAL/pod-amqp-password" "${DISPATCHER_PERMISSIONS[@]}"
+  broker_user "$PRODUCER_AMQP_USER" "$LOCAL/producer-amqp-password" "${PRODUCER_PERMISSIONS[@]}"
 }
 
 all_running() {
@@ -32,7 +55,7 @@ all_running() {
 }
 
 if [ -d "$STACK_RUN/pids" ] && all_running; then
-  write_env; echo "up: already running (${SECONDS}s)"; exit 0
+  broker_users; write_env; echo "up: already running (${SECONDS}s)"; exit 0
 fi
 
 "$STACK_DIR/install-deps.sh"
@@ -43,6 +66,9 @@ fi
 "$STACK_DIR/configure.sh"
 mkdir -p "$STACK_RUN/pids" "$STACK_STATE/pv/worker-pv-volume" "$STACK_STATE/rabbitmq/home" "$LOGS"
 printf 'seeded by the local stack\n' > "$STACK_STATE/pv/worker-pv-volume/seed.txt"
+# Tasks run as a non-root user (JOB_RUN_AS_USER); a hostPath volume keeps its owner (fsGroup does
+# not apply to it), so the shared directory is writable by all, sticky like /tmp.
+chmod 1777 "$STACK_STATE/pv/worker-pv-volume"
 for k in vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
          kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward; do
   echo "$k=$(sysctl -n "$k")"
@@ -103,10 +129,7 @@ node_ready() {
 waitfor kubelet 120 node_ready
 
 waitfor rabbitmq 90 "$RABBITMQ_LIB/rabbitmqctl" -q await_startup --timeout 5
-# guest may only connect from loopback; pods get their own user with a fresh password.
-[ -s "$LOCAL/pod-amqp-password" ] || (umask 077; openssl rand -hex 16 > "$LOCAL/pod-amqp-password")
-"$RABBITMQ_LIB/rabbitmqctl" -q add_user "$POD_AMQP_USER" "$(cat "$LOCAL/pod-amqp-password")" >/dev/null
-"$RABBITMQ_LIB/rabbitmqctl" -q set_permissions -p / "$POD_AMQP_USER" '.*' '.*' '.*' >/dev/null
+broker_users
 
 $KUBECTL apply -f "$STACK_DIR/seed.yaml" >/dev/null
 pvc_bound() { [ "$($KUBECTL -n dispatcher get pvc worker-pv-claim -o jsonpath='{.status.phase}')" = Bound ]; }

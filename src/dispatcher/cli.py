@@ -1,4 +1,5 @@
-"""The `dispatcher` command: run the worker, submit or cancel a task, check the settings.
+"""The `dispatcher` command: run the worker, submit or cancel a task, check the settings, print
+the broker permissions.
 
     dispatcher worker [--concurrency N]
     dispatcher submit [FILE|-] [--id ID] [--image IMAGE] [--cmd ITEM]... [--arg ITEM]...
@@ -7,6 +8,7 @@
                       [--correlation-id ID] [-- COMMAND ITEM...]
     dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
     dispatcher config
+    dispatcher permissions [--dispatcher-user USER] [--producer-user USER]
 
 Settings come from the environment (see the README). A bad setting, flag or task stops the
 command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
@@ -19,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.amqp import permissions as amqp_permissions
 from dispatcher.config import SETTINGS_TABLE, Settings
 from dispatcher.errors import ClientError, ConfigError, InvalidTaskError, KubeError
 
@@ -57,7 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dispatcher import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    handler = {"worker": _worker, "submit": _submit, "cancel": _cancel, "config": _config}
+    if args.command in ("worker", "submit", "cancel"):  # they talk to the broker
+        from dispatcher.amqp.tls import tls_problem
+
+        problem = tls_problem(settings)
+        if problem is not None:
+            print(f"dispatcher: invalid setting {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    handler = {
+        "worker": _worker,
+        "submit": _submit,
+        "cancel": _cancel,
+        "config": _config,
+        "permissions": _permissions,
+    }
     try:
         return handler[args.command](args, settings)
     except ClientError as exc:
@@ -93,7 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("id", help="the task id")
     cancel.add_argument("--no-wait", action="store_true", help="send the request and return")
     cancel.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait (60)")
-    sub.add_parser("config", help="check the settings and print them (password hidden)")
+    sub.add_parser("config", help="check the settings and print them (secrets hidden)")
+    permissions = sub.add_parser(
+        "permissions",
+        help="print the rabbitmqctl commands giving the dispatcher's and the producers' broker "
+        "users what they need and no more",
+    )
+    permissions.add_argument("--dispatcher-user", default="dispatcher", metavar="USER")
+    permissions.add_argument("--producer-user", default="producer", metavar="USER")
     return parser
 
 
@@ -275,9 +299,20 @@ def _read(path: str) -> bytes:
 def _config(args: argparse.Namespace, settings: Settings) -> int:
     for doc in SETTINGS_TABLE:
         value = os.environ.get(doc.env, doc.default)
-        if doc.env == "AMQP_PASSWORD":
+        if doc.secret and value:
             value = "********"
         print(f"{doc.env}={value}")
+    return 0
+
+
+def _permissions(args: argparse.Namespace, settings: Settings) -> int:
+    """One line per user, ready for a shell (the regexes single-quoted)."""
+    users = (
+        (args.dispatcher_user, amqp_permissions.dispatcher(settings)),
+        (args.producer_user, amqp_permissions.producer(settings)),
+    )
+    for user, granted in users:
+        print(shlex.join(["rabbitmqctl", *granted.rabbitmqctl(user, settings.amqp_vhost)]))
     return 0
 
 

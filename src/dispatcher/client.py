@@ -58,7 +58,10 @@ class Client:
         self.settings = settings
         self._policy = TaskPolicy.from_settings(settings)
         self._connection = Connection(
-            settings.broker_url, transport_options={"confirm_publish": True}, connect_timeout=10
+            settings.broker_url,
+            ssl=settings.broker_ssl or False,
+            transport_options={"confirm_publish": True},
+            connect_timeout=10,
         )
         self._progress = progress_exchange(settings)
 

@@ -3,7 +3,8 @@
 :meth:`Settings.from_env` returns a complete, valid :class:`Settings` or raises
 :class:`~dispatcher.errors.ConfigError` naming the first bad variable in one line, for example
 ``AMQP_PORT: must be a whole number from 1 to 65535, got 'abc'``. The value of
-``AMQP_PASSWORD`` never appears in an error or in ``repr(settings)``.
+a secret setting (``AMQP_PASSWORD``, ``INTERNAL_SIGNING_KEY``) never appears in an error or in
+``repr(settings)``.
 
 Each setting is declared once, as a dataclass field that carries its environment variable, its
 parser (from :mod:`dispatcher.parsers`) and its description; :data:`SETTINGS_TABLE` (the
@@ -13,6 +14,7 @@ code and docs.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, TypeVar
@@ -278,6 +280,27 @@ class Settings:
         parsers.quantity,
         "Memory limit of the task container (empty: none).",
     )
+    job_run_as_user: int = _setting(
+        "JOB_RUN_AS_USER",
+        65532,
+        parsers.integer(1, 2147483647),
+        "UID the task container runs as (runAsNonRoot is set too: a task can never run as root "
+        "unless JOB_ALLOW_ROOT).",
+    )
+    job_run_as_group: int = _setting(
+        "JOB_RUN_AS_GROUP",
+        65532,
+        parsers.integer(1, 2147483647),
+        "GID the task container runs as, and the group of the volume's files (fsGroup, where "
+        "the volume supports it).",
+    )
+    job_allow_root: bool = _setting(
+        "JOB_ALLOW_ROOT",
+        False,
+        parsers.boolean,
+        "true: the task container runs as its image's user, root included (JOB_RUN_AS_USER and "
+        "JOB_RUN_AS_GROUP are then not used).",
+    )
     job_node_selector: tuple[tuple[str, str], ...] = _setting(
         "JOB_NODE_SELECTOR",
         (),
@@ -290,6 +313,57 @@ class Settings:
         parsers.tolerations,
         "Comma-separated taints the task pods tolerate: key=value:Effect or key:Effect "
         "(empty: none), e.g. a node pool dedicated to tasks.",
+    )
+    amqp_tls: bool = _setting(
+        "AMQP_TLS",
+        False,
+        parsers.boolean,
+        "true: speak AMQP over TLS (amqps; usually AMQP_PORT=5671), verifying the broker's "
+        "certificate and its name.",
+    )
+    amqp_ca_file: str | None = _setting(
+        "AMQP_CA_FILE",
+        None,
+        parsers.optional_path,
+        "With AMQP_TLS: the CA certificates (PEM) the broker's certificate must chain to "
+        "(empty: the system's).",
+    )
+    amqp_cert_file: str | None = _setting(
+        "AMQP_CERT_FILE",
+        None,
+        parsers.optional_path,
+        "With AMQP_TLS: a client certificate (PEM) to present, with AMQP_KEY_FILE (empty: none).",
+    )
+    amqp_key_file: str | None = _setting(
+        "AMQP_KEY_FILE",
+        None,
+        parsers.optional_path,
+        "With AMQP_TLS: the client certificate's private key (PEM).",
+    )
+    amqp_server_name: str | None = _setting(
+        "AMQP_SERVER_NAME",
+        None,
+        parsers.optional_host,
+        "With AMQP_TLS: the name the broker's certificate must carry (empty: AMQP_HOST).",
+    )
+    reply_to_prefixes: tuple[str, ...] = _setting(
+        "REPLY_TO_PREFIXES",
+        ("amq.gen-", "amq.rabbitmq.reply-to"),
+        parsers.queue_prefixes,
+        "Comma-separated prefixes a task's reply_to queue must start with (default: the queues "
+        "the broker names itself, amq.gen-*, and direct reply-to). A task whose reply_to is "
+        "anything else is not run: its error response goes to the response exchange instead "
+        "(empty: every reply_to is refused).",
+    )
+    internal_signing_key: tuple[str, ...] = _setting(
+        "INTERNAL_SIGNING_KEY",
+        (),
+        parsers.signing_keys,
+        "Key sealing the messages on the internal queue (the worker runs no internal message "
+        "without a valid seal): at least 16 characters, the same for every replica; several, "
+        "comma-separated, to rotate (the first seals, any verifies). Empty: derived from "
+        "AMQP_PASSWORD.",
+        secret=True,
     )
     celery_queue_name: str = _setting(
         "CELERY_QUEUE_NAME",
@@ -343,8 +417,23 @@ class Settings:
             except parsers.Rejected as exc:
                 raise ConfigError(variable.env, str(exc)) from None
         settings = cls(**values)
+        _check_tls(settings)
         _check_limits(settings)
         return settings
+
+    @property
+    def broker_ssl(self) -> dict[str, Any] | None:
+        """The TLS options of every broker connection (py-amqp's `ssl`), or None without TLS:
+        the broker's certificate is verified, and so is its name."""
+        if not self.amqp_tls:
+            return None
+        return {
+            "ca_certs": self.amqp_ca_file,
+            "certfile": self.amqp_cert_file,
+            "keyfile": self.amqp_key_file,
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": self.amqp_server_name or self.amqp_host,
+        }
 
     @property
     def broker_url(self) -> str:
@@ -355,7 +444,30 @@ class Settings:
         host = self.amqp_host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address
-        return f"amqp://{user}:{password}@{host}:{self.amqp_port}/{vhost}"
+        scheme = "amqps" if self.amqp_tls else "amqp"
+        return f"{scheme}://{user}:{password}@{host}:{self.amqp_port}/{vhost}"
+
+
+def _check_tls(settings: Settings) -> None:
+    """A client certificate needs its key, and neither means anything without TLS."""
+    if bool(settings.amqp_cert_file) != bool(settings.amqp_key_file):
+        given, missing = (
+            ("AMQP_CERT_FILE", "AMQP_KEY_FILE")
+            if settings.amqp_cert_file
+            else ("AMQP_KEY_FILE", "AMQP_CERT_FILE")
+        )
+        raise ConfigError(missing, f"must be set too when {given} is set")
+    tls_only = ("AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE", "AMQP_SERVER_NAME")
+    values = (
+        settings.amqp_ca_file,
+        settings.amqp_cert_file,
+        settings.amqp_key_file,
+        settings.amqp_server_name,
+    )
+    if not settings.amqp_tls:
+        for name, value in zip(tls_only, values, strict=True):
+            if value:
+                raise ConfigError(name, "is set but AMQP_TLS is not true (no TLS is used)")
 
 
 def _check_limits(settings: Settings) -> None:
@@ -384,6 +496,8 @@ class SettingDoc:
     default: str
     """The default as a user would write it in the environment ("" when unset)."""
     description: str
+    secret: bool = False
+    """Its value is never printed (``dispatcher config`` shows it masked)."""
 
 
 def _shown(default: object) -> str:
@@ -400,7 +514,8 @@ def _documentation() -> tuple[SettingDoc, ...]:
     rows = []
     for item in fields(Settings):
         variable: _Variable = item.metadata[_META]
-        rows.append(SettingDoc(variable.env, _shown(item.default), variable.description))
+        doc = SettingDoc(variable.env, _shown(item.default), variable.description, not item.repr)
+        rows.append(doc)
     return tuple(rows)
 
 

@@ -96,10 +96,25 @@ def secret(raw: str) -> str:
     raise Rejected("must be non-empty printable text (the value is not shown)")
 
 
+def signing_keys(raw: str) -> tuple[str, ...]:
+    """Comma-separated secret keys, each of at least 16 characters (none shown in an error)."""
+    keys = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for index, key in enumerate(keys, 1):
+        if not key.isprintable() or len(key) < 16:
+            raise Rejected(
+                f"key {index} must be at least 16 printable characters (the value is not shown)"
+            )
+    return keys
+
+
 def host(raw: str) -> str:
     if raw and raw.isprintable() and not any(char in raw for char in " /@?#"):
         return raw
     raise Rejected(f"must be a host name or IP address, got {_quoted(raw)}")
+
+
+def optional_host(raw: str) -> str | None:
+    return host(raw) if raw else None
 
 
 def dns_label(raw: str) -> str:
@@ -137,6 +152,15 @@ def prefixes(raw: str) -> tuple[str, ...]:
         ):  # else 'registry.example.com' allows 'registry.example.com.evil.io/x'
             raise Rejected(f"each prefix must end with '/', got {_quoted(prefix)}")
     return prefixes
+
+
+def queue_prefixes(raw: str) -> tuple[str, ...]:
+    """Comma-separated AMQP queue-name prefixes (none: the empty tuple)."""
+    found = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for prefix in found:
+        if not prefix.isprintable() or " " in prefix or len(prefix.encode()) > 255:
+            raise Rejected(f"must be comma-separated queue name prefixes, got {_quoted(prefix)}")
+    return found
 
 
 def quantity(raw: str) -> str:

@@ -214,7 +214,7 @@ def test_the_image_runs_in_the_cluster_and_answers_a_task(deployed: None) -> Non
             time.sleep(0.5)
     assert json.loads(message.body) == {
         "id": task_id,
-        "output": "seeded by the local stack\n0\n",
+        "output": "seeded by the local stack\n65532\n",  # JOB_RUN_AS_USER, not root
         "exit": 0,
     }
 

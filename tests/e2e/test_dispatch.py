@@ -128,6 +128,27 @@ def test_reply_to_and_correlation_id_are_honoured(dispatcher: Dispatcher) -> Non
     assert broker.no_more_responses(1) == []  # not also on the response exchange
 
 
+def test_a_reply_to_not_allowed_is_answered_on_the_response_exchange_only(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    channel = broker.conn.channel()
+    victim = f"victim-{uuid.uuid4().hex[:8]}"  # a queue the producer does not own
+    channel.queue_declare(victim, auto_delete=True)
+    sent = task("echo never")
+    broker.publish(sent, reply_to=victim, correlation_id="corr-7")
+
+    messages = broker.responses(1, timeout=30)
+    assert json.loads(messages[0].body) == {
+        "id": sent["id"],
+        "error": f"reply_to: {victim!r} is not a reply queue this dispatcher answers to "
+        "(allowed: amq.gen-*, amq.rabbitmq.reply-to*); this answer went to the response exchange",
+    }
+    assert messages[0].properties["correlation_id"] == "corr-7"
+    assert channel.basic_get(victim, no_ack=True) is None
+    assert kubectl("-n", "dispatcher", "get", "job", sent["id"], check=False).returncode != 0
+
+
 @pytest.mark.settings(MAX_OUTPUT_BYTES="1024")
 def test_output_over_the_cap_keeps_the_tail_and_says_it_was_cut(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
@@ -290,7 +311,9 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
 
     response = broker.response()
     assert response["exit"] == 0
-    assert response["output"].splitlines()[1].split() == ["CapEff:", "0000000000000000"]
+    uid, caps = response["output"].splitlines()
+    assert uid == "65532"  # JOB_RUN_AS_USER: never root unless JOB_ALLOW_ROOT
+    assert caps.split() == ["CapEff:", "0000000000000000"]
 
 
 def submit_wait(broker: Broker, task_file: Path, timeout: str) -> subprocess.CompletedProcess[str]:

@@ -58,6 +58,19 @@ def kubectl(
     )
 
 
+def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """`rabbitmqctl ARGS...` against the stack's broker, as its operator runs it."""
+    script = '. stack/lib.sh && rabbitmq_env && exec "$RABBITMQ_LIB/rabbitmqctl" -q "$@"'
+    return subprocess.run(
+        ["bash", "-c", script, "rabbitmqctl", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+
+
 @dataclass
 class Instance:
     """One isolated dispatcher installation: its own queues, exchanges and Job label."""

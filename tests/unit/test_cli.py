@@ -52,12 +52,15 @@ def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(
     assert "Traceback" not in result.stderr
 
 
-def test_the_password_is_never_printed() -> None:
-    result = dispatcher("config", AMQP_PASSWORD="s3cret-value")
+def test_secrets_are_never_printed() -> None:
+    result = dispatcher(
+        "config", AMQP_PASSWORD="s3cret-value", INTERNAL_SIGNING_KEY="s3cret-signing-key"
+    )
 
     assert result.returncode == 0
-    assert "s3cret-value" not in result.stdout
+    assert "s3cret" not in result.stdout
     assert "AMQP_PASSWORD=********" in result.stdout
+    assert "INTERNAL_SIGNING_KEY=********" in result.stdout
 
 
 def test_a_missing_kubeconfig_stops_the_worker_with_one_line() -> None:

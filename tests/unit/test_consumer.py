@@ -81,14 +81,14 @@ def valid(task_id: str = "t-1") -> bytes:
 
 
 def test_an_invalid_message_is_answered_then_acked(intake: Intake) -> None:
-    raw = RawMessage(b'{"id": "t-1"}', {"correlation_id": "c-1", "reply_to": "replies"})
+    raw = RawMessage(b'{"id": "t-1"}', {"correlation_id": "c-1", "reply_to": "amq.gen-r1"})
 
     intake.step.on_message(raw)
 
     assert [p.response for p in intake.publisher.published] == [
         Response(id="t-1", error="image: is required")
     ]
-    assert intake.publisher.published[0].route == ReplyRoute("c-1", "replies")
+    assert intake.publisher.published[0].route == ReplyRoute("c-1", "amq.gen-r1")
     assert raw.done == ["ack"]
     assert intake.submitted() == []
 

@@ -41,11 +41,68 @@ def test_valid_message_is_accepted_with_its_reply_route() -> None:
 
 
 @pytest.mark.parametrize(
+    ("reply_to", "env"),
+    [
+        pytest.param("amq.gen-4fK2", {}, id="server-named"),
+        pytest.param("amq.rabbitmq.reply-to.g1h2AA", {}, id="direct-reply-to"),
+        pytest.param("team-a.replies.1", {"REPLY_TO_PREFIXES": "team-a.replies."}, id="operator"),
+    ],
+)
+def test_a_reply_to_the_operator_allows_routes_the_response(
+    reply_to: str, env: dict[str, str]
+) -> None:
+    outcome = take(body(), {"reply_to": reply_to}, Settings.from_env(env))
+
+    assert isinstance(outcome, Accepted)
+    assert outcome.route == ReplyRoute(reply_to=reply_to)
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "env"),
+    [
+        pytest.param("dispatcher.internal", {}, id="the-internal-queue"),
+        pytest.param("responses", {}, id="another-queue"),
+        pytest.param("amq.gen", {}, id="prefix-cut-short"),
+        pytest.param("amq.gen-4fK2", {"REPLY_TO_PREFIXES": "team-a.replies."}, id="not-listed"),
+        pytest.param("amq.gen-4fK2", {"REPLY_TO_PREFIXES": ""}, id="none-allowed"),
+    ],
+)
+def test_any_other_reply_to_is_answered_on_the_response_exchange(
+    reply_to: str, env: dict[str, str]
+) -> None:
+    outcome = rejected(body(), {"reply_to": reply_to, "correlation_id": "c-9"}, **env)
+
+    assert outcome.route == ReplyRoute(correlation_id="c-9")  # never where it pointed
+    assert outcome.response.id == "t-1"
+    assert outcome.response.error is not None
+    assert outcome.response.error.startswith(f"reply_to: {reply_to!r} is not a reply queue")
+
+
+def test_a_cancel_with_a_reply_to_not_allowed_is_refused_too() -> None:
+    outcome = rejected(b'{"cancel": "t-1"}', {"reply_to": "dispatcher.internal"})
+
+    assert outcome.route == ReplyRoute()
+    assert outcome.response.error is not None
+    assert "reply_to" in outcome.response.error
+
+
+def test_a_hostile_reply_to_is_shown_escaped_and_cut() -> None:
+    outcome = rejected(body(), {"reply_to": "evil\n\x1b[31m" + "x" * 500})
+
+    assert outcome.response.error is not None
+    assert "\n" not in outcome.response.error
+    assert "\x1b" not in outcome.response.error
+    assert len(outcome.response.error) < 300
+
+
+@pytest.mark.parametrize(
     ("properties", "route"),
     [
         pytest.param({}, ReplyRoute(), id="none"),
         pytest.param({"correlation_id": "c-42"}, ReplyRoute("c-42"), id="correlation-only"),
-        pytest.param({"reply_to": "replies"}, ReplyRoute(reply_to="replies"), id="reply-to-only"),
+        pytest.param(
+            {"reply_to": "amq.gen-Xy1"}, ReplyRoute(reply_to="amq.gen-Xy1"), id="reply-to-only"
+        ),
         pytest.param({"correlation_id": "", "reply_to": ""}, ReplyRoute(), id="empty-strings"),
         pytest.param({"correlation_id": 42, "reply_to": b"q"}, ReplyRoute(), id="not-strings"),
         pytest.param({"correlation_id": None, "reply_to": None}, ReplyRoute(), id="nulls"),

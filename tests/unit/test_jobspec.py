@@ -94,7 +94,13 @@ def test_full_task_becomes_this_job() -> None:
                     "enableServiceLinks": False,
                     "activeDeadlineSeconds": 600,
                     "terminationGracePeriodSeconds": 10,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                    },
                     "containers": [
                         {
                             "name": "task",
@@ -274,3 +280,19 @@ def test_placement_comes_from_settings_only() -> None:
         {"key": "kwok.x-k8s.io/node", "operator": "Equal", "value": "fake", "effect": "NoSchedule"}
     ]
     assert "nodeSelector" not in job_for(TASK_BODY)["spec"]["template"]["spec"]
+
+
+def test_the_task_runs_as_the_operators_user_or_as_its_images_when_root_is_allowed() -> None:
+    chosen = Settings.from_env({"JOB_RUN_AS_USER": "1234", "JOB_RUN_AS_GROUP": "5678"})
+    allowed = Settings.from_env({"JOB_ALLOW_ROOT": "true"})
+
+    pod = job_for(TASK_BODY, settings=chosen)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "runAsNonRoot": True,
+        "runAsUser": 1234,
+        "runAsGroup": 5678,
+        "fsGroup": 5678,
+    }
+    pod = job_for(TASK_BODY, settings=allowed)["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"seccompProfile": {"type": "RuntimeDefault"}}

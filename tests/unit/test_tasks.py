@@ -23,6 +23,7 @@ from dispatcher.kube.conventions import RESPONDED_ANNOTATION
 from dispatcher.messages.response import Response
 from dispatcher.worker.app import create_app
 from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS
+from dispatcher.worker.seal import SEAL_HEADER, Sealer
 from dispatcher.worker.tasks import API_UNAVAILABLE, INTERNAL_ERROR
 from tests.unit.fakes import (
     COMPLETE,
@@ -58,10 +59,19 @@ class Worker:
     def finalize(self, *args: Any, retries: int = 0) -> str:
         return self._run(FINALIZE_TASK, retries, *args)
 
-    def _run(self, name: str, retries: int, *args: Any) -> str:
+    def _run(self, name: str, retries: int, *args: Any, seal: str | None = None) -> str:
+        """Run the task as a worker runs a message; sealed as our own send would seal it,
+        unless `seal` is given."""
         task = self.app.tasks[name]
+        if seal is None:
+            seal = self.app.dispatcher.sealer.seal(name, list(args), {})
         task.push_request(
-            id=f"{name}-1", retries=retries, args=list(args), kwargs={}, called_directly=False
+            id=f"{name}-1",
+            retries=retries,
+            args=list(args),
+            kwargs={},
+            headers={SEAL_HEADER: seal},
+            called_directly=False,
         )
         try:
             result: str = task.run(*args)
@@ -255,3 +265,46 @@ def test_cancel_with_the_api_down_is_retried_then_answered(worker: Worker) -> No
     assert worker.publisher.responses == [
         Response(id="t-1", error=f"cancel: task 't-1' was not stopped: {API_UNAVAILABLE}")
     ]
+
+
+# --- seals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "seal",
+    [
+        pytest.param("", id="missing"),
+        pytest.param("0" * 64, id="made-up"),
+        pytest.param(Sealer([b"another-key-0123456789"]).seal(SUBMIT_TASK, [], {}), id="other-key"),
+    ],
+)
+def test_an_internal_message_without_our_seal_is_dropped_unrun(worker: Worker, seal: str) -> None:
+    assert worker._run(SUBMIT_TASK, 0, task_document(), {}, seal=seal) == "refused"
+
+    assert worker.kube.jobs == {}
+    assert worker.publisher.responses == []
+    refused = worker.app.dispatcher.metrics.internal_refused.labels(SUBMIT_TASK)
+    assert refused._value.get() == 1
+
+
+def test_a_seal_is_good_for_its_own_arguments_only(worker: Worker) -> None:
+    sealer = worker.app.dispatcher.sealer
+    forged = {**task_document(), "image": "evil.example/x:1"}
+    seal = sealer.seal(SUBMIT_TASK, [task_document(), {}], {})
+
+    assert worker._run(SUBMIT_TASK, 0, forged, {}, seal=seal) == "refused"
+    assert worker._run(FINALIZE_TASK, 0, task_document(), {}, seal=seal) == "refused"
+    assert worker.kube.jobs == {}
+
+
+def test_a_retry_is_sent_sealed(worker: Worker) -> None:
+    worker.kube.fail_next("create_job", TransientKubeError("create Job t-1: 503"))
+    with pytest.raises(Retry):
+        worker.submit(task_document())
+
+    with worker.app.connection_for_write() as conn:
+        message = conn.SimpleQueue(SETTINGS.celery_queue_name, no_ack=True).get(timeout=2)
+    args, kwargs, _ = message.decode()
+    assert worker.app.dispatcher.sealer.verify(
+        SUBMIT_TASK, args, kwargs, message.headers[SEAL_HEADER]
+    )

@@ -52,15 +52,31 @@ def route_from_properties(properties: Mapping[str, Any]) -> ReplyRoute:
     )
 
 
+def check_reply_to(route: ReplyRoute, allowed: tuple[str, ...]) -> None:
+    """Raise InvalidTaskError unless the route's reply_to (when set) starts with an allowed
+    prefix: a producer must not make the dispatcher publish into any queue it likes."""
+    if route.reply_to is None or route.reply_to.startswith(allowed):
+        return
+    shown = ", ".join(f"{p}*" for p in allowed) or "none"
+    raise InvalidTaskError(
+        "reply_to",
+        f"{route.reply_to[:80]!r} is not a reply queue this dispatcher answers to (allowed: "
+        f"{shown}); this answer went to the response exchange",
+    )
+
+
 def take(
     body: bytes | str, properties: Mapping[str, Any], settings: Settings
 ) -> Accepted | CancelRequested | Rejected:
     route = route_from_properties(properties)
     try:
+        check_reply_to(route, settings.reply_to_prefixes)
         message = parse_message(body, TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
         raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
         digest = hashlib.sha256(raw).hexdigest()[:16]
+        if exc.field == "reply_to":  # answered, but never where the producer pointed
+            route = ReplyRoute(correlation_id=route.correlation_id)
         # An invalid id is still echoed (when it is a short string) so the sender can match it;
         # of an oversized body only the head is read for it.
         response = error_response(exc, exc.task_id or peek_task_id(raw))

@@ -108,13 +108,26 @@ def _pod_spec(task: Task, settings: Settings) -> dict[str, Any]:
         "enableServiceLinks": False,
         "activeDeadlineSeconds": _run_seconds(task, settings),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": _pod_security(settings),
         **_placement(settings),
         "containers": [_container(task, settings)],
         "volumes": [
             {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": settings.pvc_name}}
         ],
     }
+
+
+def _pod_security(settings: Settings) -> dict[str, Any]:
+    """A fixed non-root user unless the operator allows root images (JOB_ALLOW_ROOT)."""
+    context: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if not settings.job_allow_root:
+        context.update(
+            runAsNonRoot=True,
+            runAsUser=settings.job_run_as_user,
+            runAsGroup=settings.job_run_as_group,
+            fsGroup=settings.job_run_as_group,
+        )
+    return context
 
 
 def _container(task: Task, settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The Celery app: JSON only, confirmed publishes, late acks, our bootsteps and tasks."""
+"""The Celery app: JSON only, sealed internal messages, confirmed publishes, late acks, our
+bootsteps and tasks."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from dispatcher.amqp.consumer import TaskConsumerStep
 from dispatcher.amqp.topology import internal_queue
 from dispatcher.config import Settings
 from dispatcher.worker.runtime import Runtime
+from dispatcher.worker.seal import SealedTask
 from dispatcher.worker.steps import HealthStep, JobWatchStep
 from dispatcher.worker.tasks import register_tasks
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("dispatcher", broker=settings.broker_url, set_as_current=False)
+    # Our tasks seal what they send and run only what carries a valid seal (worker.seal).
+    app = Celery(
+        "dispatcher", broker=settings.broker_url, set_as_current=False, task_cls=SealedTask
+    )
     app.conf.update(
         # JSON only: pickle is neither sent nor accepted anywhere.
         accept_content=["json"],
@@ -26,6 +31,7 @@ def create_app(settings: Settings) -> Celery:
         # Every publish (tasks, retries, responses) waits for the broker's confirm.
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
+        broker_use_ssl=settings.broker_ssl or False,  # AMQP_TLS: verified certificate and name
         broker_heartbeat=30,
         task_queues=[internal_queue(settings)],
         task_default_queue=settings.celery_queue_name,

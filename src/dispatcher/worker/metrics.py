@@ -88,6 +88,13 @@ class Metrics:
             buckets=KUBE_BUCKETS,
             registry=r,
         )
+        self.internal_refused = Counter(
+            "dispatcher_internal_messages_refused",
+            "Messages on the internal queue dropped unrun: their seal was missing or wrong (not "
+            "sent by a worker of this dispatcher).",
+            ["task"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             "dispatcher_watch_restarts",
             "Watch streams restarted, by resource and reason (resumed, error, expired).",

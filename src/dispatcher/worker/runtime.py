@@ -21,6 +21,7 @@ from dispatcher.core.reactor import Reactor
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.watcher import Watcher
 from dispatcher.worker.metrics import Metrics
+from dispatcher.worker.seal import Sealer
 
 
 class Runtime:
@@ -30,6 +31,7 @@ class Runtime:
         self.holder = f"{socket.gethostname()}/{os.getpid()}"
         self._lock = threading.Lock()
         self.metrics = Metrics()
+        self.sealer = Sealer.from_secrets(settings.internal_signing_key, settings.amqp_password)
         self.broker_ready = threading.Event()  # set while the task consumer is consuming
         self.watchers: list[Watcher] = []
         self.reactor: Reactor | None = None  # set by the watch bootstep

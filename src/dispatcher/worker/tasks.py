@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import MessageNacked
-from celery import Celery, Task
+from celery import Celery
 from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError, OperationalError
 
@@ -44,6 +44,7 @@ from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
 from dispatcher.messages.task import TaskPolicy, parse_task, peek_task_id
 from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
+from dispatcher.worker.seal import SealedTask
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,12 @@ def register_tasks(app: Celery) -> None:
     app.task(name=CANCEL_TASK, max_retries=None, **options)(cancel_task)
 
 
-def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
+def submit_task(self: SealedTask, task: dict[str, Any], route: dict[str, Any]) -> str:
     return _guarded(self, lambda: _submit(self, task, route))
 
 
 def finalize_task(
-    self: Task,
+    self: SealedTask,
     job_name: str,
     job_uid: str,
     deleted_annotations: dict[str, str] | None = None,
@@ -83,12 +84,22 @@ def finalize_task(
     return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations, **seen))
 
 
-def cancel_task(self: Task, task_id: str, route: dict[str, Any]) -> str:
+def cancel_task(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
     return _guarded(self, lambda: _cancel(self, task_id, route))
 
 
-def _guarded(self: Task, work: Callable[[], str]) -> str:
-    """Broker trouble while answering: try again later rather than lose the task."""
+def _guarded(self: SealedTask, work: Callable[[], str]) -> str:
+    """Only a message this dispatcher sent is run; broker trouble while answering: try again
+    later rather than lose the task."""
+    if not self.sealed():
+        self.app.dispatcher.metrics.internal_refused.labels(self.name).inc()
+        log.warning(
+            "dropped internal message %s (%s): its seal is missing or wrong, so no worker of "
+            "this dispatcher sent it",
+            self.request.id,
+            self.name,
+        )
+        return "refused"
     try:
         return work()
     except (Retry, Reject):
@@ -99,14 +110,14 @@ def _guarded(self: Task, work: Callable[[], str]) -> str:
         raise  # unreachable: _retry always raises
 
 
-def _retry(self: Task, exc: Exception, countdown: float) -> None:
+def _retry(self: SealedTask, exc: Exception, countdown: float) -> None:
     try:
         raise self.retry(exc=exc, countdown=countdown, max_retries=None)
     except Reject as rejected:  # the retry itself could not be published
         raise Reject(rejected.reason, requeue=True) from exc
 
 
-def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
+def _submit(self: SealedTask, task: dict[str, Any], route: dict[str, Any]) -> str:
     runtime = self.app.dispatcher
     settings, metrics = runtime.settings, runtime.metrics
     reply = ReplyRoute.from_json(route)
@@ -158,7 +169,7 @@ def _submit(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
     return "rejected"
 
 
-def _submit_or_answer_again(self: Task, task: ParsedTask, reply: ReplyRoute) -> Submitted:
+def _submit_or_answer_again(self: SealedTask, task: ParsedTask, reply: ReplyRoute) -> Submitted:
     runtime = self.app.dispatcher
     result = submit(
         task, reply, kube=runtime.kube, settings=runtime.settings, progress=runtime.progress
@@ -171,7 +182,7 @@ def _submit_or_answer_again(self: Task, task: ParsedTask, reply: ReplyRoute) -> 
 
 
 def _finalize(
-    self: Task,
+    self: SealedTask,
     job_name: str,
     job_uid: str,
     deleted_annotations: dict[str, str] | None,
@@ -217,7 +228,7 @@ CANCEL_LOOKUPS = 3
 is none: the task it names may have been handed to submit a moment earlier."""
 
 
-def _cancel(self: Task, task_id: str, route: dict[str, Any]) -> str:
+def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
     runtime = self.app.dispatcher
     reply = ReplyRoute.from_json(route)
     try:
