@@ -171,7 +171,10 @@ def test_secrets_never_show_in_logs_answers_settings_or_metrics(
     broker.publish(ok)
     broker.publish(bad)
     broker.publish(task(), reply_to="not-a-reply-queue")
-    answers = [m.body.decode() for m in broker.responses(3, timeout=90)]
+    answers = [
+        m.body if isinstance(m.body, str) else m.body.decode()
+        for m in broker.responses(3, timeout=90)
+    ]
     env = {**broker.instance.env(), "HEALTH_PORT": "0"}
     config = subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", "config"],
