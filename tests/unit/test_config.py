@@ -269,6 +269,21 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             id="cpu-limit-below-request-mixed-units",
         ),
         pytest.param(
+            {"AMQP_TLS": "true", "AMQP_CERT_FILE": "/c.crt"},
+            "AMQP_KEY_FILE: must be set too when AMQP_CERT_FILE is set",
+            id="tls-cert-without-key",
+        ),
+        pytest.param(
+            {"AMQP_CA_FILE": "/ca.crt"},
+            "AMQP_CA_FILE: is set but AMQP_TLS is not true (no TLS is used)",
+            id="tls-file-without-tls",
+        ),
+        pytest.param(
+            {"AMQP_TLS": "true", "AMQP_SERVER_NAME": "bad name"},
+            "AMQP_SERVER_NAME: must be a host name or IP address, got 'bad name'",
+            id="tls-server-name",
+        ),
+        pytest.param(
             {"IDEMPOTENCY_WINDOW_SECONDS": "-1"},
             "IDEMPOTENCY_WINDOW_SECONDS: must be a whole number from 0 to 86400, got '-1'",
             id="negative-window",

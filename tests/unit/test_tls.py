@@ -11,7 +11,6 @@ import pytest
 
 from dispatcher.amqp.tls import tls_problem
 from dispatcher.config import Settings
-from dispatcher.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -67,33 +66,6 @@ def test_the_name_checked_can_differ_from_the_host_dialled() -> None:
 
     assert settings.broker_ssl is not None
     assert settings.broker_ssl["server_hostname"] == "rabbitmq.internal"
-
-
-@pytest.mark.parametrize(
-    ("env", "error"),
-    [
-        pytest.param(
-            {"AMQP_TLS": "true", "AMQP_CERT_FILE": "/c.crt"},
-            "AMQP_KEY_FILE: must be set too when AMQP_CERT_FILE is set",
-            id="cert-without-key",
-        ),
-        pytest.param(
-            {"AMQP_CA_FILE": "/ca.crt"},
-            "AMQP_CA_FILE: is set but AMQP_TLS is not true (no TLS is used)",
-            id="ca-without-tls",
-        ),
-        pytest.param(
-            {"AMQP_TLS": "true", "AMQP_SERVER_NAME": "bad name"},
-            "AMQP_SERVER_NAME: ",
-            id="server-name",
-        ),
-    ],
-)
-def test_inconsistent_tls_settings_are_refused_by_name(env: dict[str, str], error: str) -> None:
-    with pytest.raises(ConfigError) as caught:
-        Settings.from_env(env)
-
-    assert str(caught.value).startswith(error)
 
 
 def test_a_client_certificate_with_its_key_is_fine(pki: Path) -> None:
