@@ -8,7 +8,7 @@ the broker permissions.
                       [--correlation-id ID] [-- COMMAND ITEM...]
     dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
     dispatcher config
-    dispatcher permissions [--dispatcher-user USER] [--producer-user USER]
+    dispatcher permissions [--dispatcher-user USER] [--producer-user USER] [--definitions]
 
 Settings come from the environment (see the README). A bad setting, flag or task stops the
 command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     permissions.add_argument("--dispatcher-user", default="dispatcher", metavar="USER")
     permissions.add_argument("--producer-user", default="producer", metavar="USER")
+    permissions.add_argument(
+        "--definitions",
+        action="store_true",
+        help="print a RabbitMQ definitions document instead: the users AMQP_USER (with "
+        "AMQP_PASSWORD) and --producer-user (with PRODUCER_AMQP_PASSWORD), hashed, and their "
+        "permissions",
+    )
     return parser
 
 
@@ -306,7 +313,19 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _permissions(args: argparse.Namespace, settings: Settings) -> int:
-    """One line per user, ready for a shell (the regexes single-quoted)."""
+    """One line per user, ready for a shell (the regexes single-quoted); or the definitions."""
+    if args.definitions:
+        password = os.environ.get("PRODUCER_AMQP_PASSWORD", "")
+        if not password:
+            print(
+                "dispatcher: PRODUCER_AMQP_PASSWORD: the producer's password is needed for "
+                "--definitions",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        document = amqp_permissions.definitions(settings, args.producer_user, password)
+        print(json.dumps(document, indent=2))
+        return 0
     users = (
         (args.dispatcher_user, amqp_permissions.dispatcher(settings)),
         (args.producer_user, amqp_permissions.producer(settings)),

@@ -3,9 +3,13 @@ in the cluster as the Deployment: in-cluster configuration, least privilege, rea
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,10 +22,15 @@ import pytest
 import yaml
 from kombu import Connection, Exchange, Producer, Queue
 
+from dispatcher.config import Settings
+from dispatcher.kube.jobspec import build_job
+from dispatcher.messages.route import ReplyRoute
+from dispatcher.messages.task import parse_task
 from tests.support.stack import REPO, kubectl, stack_env
 
 pytestmark = pytest.mark.cluster
 SA = "system:serviceaccount:dispatcher:dispatcher"
+JOBS = "dispatcher-jobs"  # the namespace of the Jobs in the recommended two-namespace layout
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +42,20 @@ def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "base" / "amqp.env").write_text(
         f"AMQP_USER={env['POD_AMQP_USER']}\nAMQP_PASSWORD={env['POD_AMQP_PASSWORD']}\n"
     )
+    made = subprocess.run(  # as the kustomization's comment tells operators to
+        [sys.executable, "-m", "dispatcher.cli", "permissions", "--definitions"],
+        env={
+            **os.environ,
+            "AMQP_USER": env["POD_AMQP_USER"],
+            "AMQP_PASSWORD": env["POD_AMQP_PASSWORD"],
+            "PRODUCER_AMQP_PASSWORD": env["PRODUCER_AMQP_PASSWORD"],
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    (root / "base" / "definitions.json").write_text(made.stdout)
     return root
 
 
@@ -42,6 +65,11 @@ def render(path: Path) -> list[dict[str, Any]]:
 
 
 def dry_run(documents: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    """Every object validated by the API server without being created. Its Namespaces are
+    created for real first: a server-side dry run refuses objects in a namespace that does not
+    exist yet."""
+    namespaces = [d for d in documents if d["kind"] == "Namespace"]
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(namespaces))
     text = yaml.safe_dump_all(documents)
     return kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
 
@@ -51,6 +79,12 @@ def test_the_base_is_accepted_by_the_api_server(manifests: Path) -> None:
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
     assert "Deployment/dispatcher" in kinds
     assert "StatefulSet/rabbitmq" in kinds
+    (broker,) = [d for d in documents if d["kind"] == "StatefulSet"]
+    container = broker["spec"]["template"]["spec"]["containers"][0]
+    assert not [e for e in container.get("env", []) if "DEFAULT" in e["name"]]  # no admin user
+    (users,) = [d for d in documents if d["metadata"]["name"].startswith("rabbitmq-definitions")]
+    loaded = json.loads(base64.b64decode(users["data"]["definitions.json"]))
+    assert [u["name"] for u in loaded["users"]] == [stack_env()["POD_AMQP_USER"], "producer"]
     for doc in documents:  # the local stack already has this PV with another (immutable) source
         if doc["kind"] == "PersistentVolume":
             doc["metadata"]["name"] += "-dry-run"
@@ -82,6 +116,20 @@ NEEDED = [
 ]
 FORBIDDEN = [
     ("get", "secrets", "dispatcher"),
+    ("get", "secrets", JOBS),
+    ("create", "jobs.batch", "dispatcher"),  # its own namespace: not where Jobs run
+    ("list", "pods", "dispatcher"),
+    ("get", "configmaps", "dispatcher"),
+    ("create", "pods", JOBS),
+    ("create", "pods/exec", JOBS),
+    ("update", "jobs.batch", JOBS),
+    ("create", "networkpolicies.networking.k8s.io", JOBS),
+    ("delete", "networkpolicies.networking.k8s.io", JOBS),
+    ("create", "rolebindings.rbac.authorization.k8s.io", JOBS),
+    ("get", "pods", JOBS),
+    ("create", "events", JOBS),
+    ("list", "persistentvolumeclaims", JOBS),
+    ("delete", "persistentvolumeclaims", JOBS),
     ("list", "secrets", "dispatcher"),
     ("create", "pods/exec", "dispatcher"),
     ("delete", "pods", "dispatcher"),
@@ -118,7 +166,7 @@ def deployed(manifests: Path) -> Iterator[None]:
         )
 
 
-def can_i(verb: str, resource: str, namespace: str = "dispatcher") -> str:
+def can_i(verb: str, resource: str, namespace: str = JOBS) -> str:
     """`kubectl auth can-i` as the dispatcher's service account; `pods/log` means the
     subresource (a bare `pods/log` argument would ask about a pod named "log")."""
     kind, _, subresource = resource.partition("/")
@@ -217,6 +265,30 @@ def test_the_image_runs_in_the_cluster_and_answers_a_task(deployed: None) -> Non
         "output": "seeded by the local stack\n65532\n",  # JOB_RUN_AS_USER, not root
         "exit": 0,
     }
+    assert kubectl("-n", JOBS, "get", "job", task_id, check=False).returncode == 0
+    assert kubectl("-n", "dispatcher", "get", "job", task_id, check=False).returncode != 0
+
+
+def test_task_pods_are_fenced_off_by_the_network_policy(manifests: Path) -> None:
+    """What the policy selects is what the dispatcher's Jobs carry; it admits no connection,
+    and lets no task reach the cluster's private addresses (the broker, the dispatcher)."""
+    documents = render(manifests / "base")
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    (settings_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    settings = Settings.from_env(settings_map["data"])
+    task = parse_task(json.dumps({"id": "t-1", "image": "x/y:1", "volume_mount_path": "/w"}))
+    pod_labels = build_job(task, ReplyRoute(), settings)["spec"]["template"]["metadata"]["labels"]
+
+    assert policy["metadata"]["namespace"] == settings.job_namespace == JOBS
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert policy["spec"]["ingress"] == []
+    blocks = [
+        p["ipBlock"] for rule in policy["spec"]["egress"] for p in rule["to"] if "ipBlock" in p
+    ]
+    excepted = [ipaddress.ip_network(net) for block in blocks for net in block.get("except", [])]
+    for private in ("10.244.0.1", "10.96.0.1", "172.17.0.1", "192.168.1.1", "169.254.169.254"):
+        assert any(ipaddress.ip_address(private) in net for net in excepted), private
 
 
 def dispatcher_pods() -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ sealed internal messages, and reply_to limited to reply queues."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -197,3 +198,41 @@ def test_secrets_never_show_in_logs_answers_settings_or_metrics(
     for text in [worker.log(), *answers, config, bad_setting, metrics]:
         for secret in secrets_used:
             assert secret not in text
+
+
+def test_the_definitions_document_creates_both_users_on_a_real_broker(
+    local_stack: dict[str, str], tmp_path: Path
+) -> None:
+    """What the manifests' broker loads at start, imported into the stack's broker."""
+    name = "d" + uuid.uuid4().hex[:8]
+    passwords = {"dispatcher": secrets.token_hex(16), "producer": secrets.token_hex(16)}
+    users = {"dispatcher": f"{name}-dispatcher", "producer": f"{name}-producer"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMQP_")},
+        "AMQP_USER": users["dispatcher"],
+        "AMQP_PASSWORD": passwords["dispatcher"],
+        "PRODUCER_AMQP_PASSWORD": passwords["producer"],
+    }
+    made = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "permissions", "--definitions",
+         "--producer-user", users["producer"]],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert passwords["dispatcher"] not in made.stdout
+    path = tmp_path / "definitions.json"
+    path.write_text(made.stdout)
+    rabbitmqctl("import_definitions", str(path))
+    stack = stack_env()
+    url = "amqp://{}:{}@" + f"{stack['AMQP_HOST']}:{stack['AMQP_PORT']}//"
+    try:
+        with Connection(url.format(users["dispatcher"], passwords["dispatcher"])) as conn:
+            conn.connect()  # the hashed password is the dispatcher's
+        granted = rabbitmqctl("list_user_permissions", users["dispatcher"]).stdout
+        assert "dispatcher\\.internal" in granted
+        assert "amq\\.default" in granted
+        internal = [[{"id": "t-1"}, {}], {}, {}]
+        producer = url.format(users["producer"], passwords["producer"])
+        assert "amq.default" in refused(producer, "", "dispatcher.internal", internal)
+    finally:
+        for user in users.values():
+            rabbitmqctl("delete_user", user)

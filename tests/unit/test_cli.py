@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,21 @@ def test_bad_flags_are_refused_with_exit_status_2(argv: list[str], line: str) ->
 
     assert result.returncode == 2
     assert line in result.stderr
+
+
+def test_the_permissions_printed_are_those_docs_security_shows() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    block = doc.split("```console\n", 1)[1].split("```", 1)[0]
+    command, *expected = block.splitlines()
+
+    result = dispatcher(*shlex.split(command.removeprefix("$ dispatcher ")))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected
+
+
+def test_definitions_need_the_producers_password() -> None:
+    result = dispatcher("permissions", "--definitions")
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("dispatcher: PRODUCER_AMQP_PASSWORD: ")

@@ -4,14 +4,17 @@ them in tests/e2e/test_security.py)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 import shlex
-from dataclasses import astuple
+from dataclasses import asdict, astuple
 from pathlib import Path
 
 import pytest
 
-from dispatcher.amqp.permissions import dispatcher, producer
+from dispatcher.amqp.permissions import definitions, dispatcher, password_hash, producer
 from dispatcher.config import Settings
 
 SETTINGS = Settings.from_env({"PROGRESS_EXCHANGE_NAME": "progress"})
@@ -86,3 +89,25 @@ def test_the_local_stack_grants_what_the_code_derives() -> None:
 
     assert granted["DISPATCHER"] == list(astuple(dispatcher(defaults)))
     assert granted["PRODUCER"] == list(astuple(producer(defaults)))
+
+
+def test_the_password_hash_is_rabbitmqs_salted_sha256() -> None:
+    salt = bytes.fromhex("908d c60a".replace(" ", ""))
+    expected = base64.b64encode(salt + hashlib.sha256(salt + b"test12").digest()).decode()
+
+    assert password_hash("test12", salt) == expected
+    assert password_hash("test12") != password_hash("test12")  # a fresh salt each time
+
+
+def test_the_definitions_create_both_users_with_their_permissions_and_no_password() -> None:
+    settings = Settings.from_env({"AMQP_USER": "disp", "AMQP_PASSWORD": "disp-secret"})
+
+    document = definitions(settings, "billing", "billing-secret")
+
+    assert [u["name"] for u in document["users"]] == ["disp", "billing"]
+    assert all(u["tags"] == [] for u in document["users"])  # no administrator
+    assert "secret" not in json.dumps(document)
+    assert document["permissions"] == [
+        {"user": "disp", "vhost": "/", **asdict(dispatcher(settings))},
+        {"user": "billing", "vhost": "/", **asdict(producer(settings))},
+    ]

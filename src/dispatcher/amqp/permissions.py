@@ -12,13 +12,19 @@ write on ``amq.default``, which would reach every queue; producers never get it.
 - **dispatcher**: declares and uses its exchanges and queues, publishes responses to the reply
   queues through the default exchange, and alone owns its internal queue.
 
-`dispatcher permissions` prints both as ``rabbitmqctl set_permissions`` commands.
+`dispatcher permissions` prints both as ``rabbitmqctl set_permissions`` commands, or with
+``--definitions`` as a RabbitMQ definitions document that creates the users too (the manifests'
+broker loads it at start).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from dispatcher.config import Settings
 
@@ -82,3 +88,36 @@ def dispatcher(settings: Settings) -> Permissions:
         write=_any_of([*own, "amq\\.default"]),
         read=_any_of(own),
     )
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's `rabbit_password_hashing_sha256`: base64 of a 4-byte salt and the SHA-256 of
+    the salt and the password."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(settings: Settings, producer_user: str, producer_password: str) -> dict[str, Any]:
+    """A RabbitMQ definitions document (`load_definitions`, `rabbitmqctl import_definitions`)
+    with the two kinds of users — the dispatcher's (AMQP_USER) and one producer — and their
+    permissions on AMQP_VHOST; passwords only as salted hashes."""
+    vhost = settings.amqp_vhost
+    users = (
+        (settings.amqp_user, settings.amqp_password, dispatcher(settings)),
+        (producer_user, producer_password, producer(settings)),
+    )
+    return {
+        "users": [
+            {
+                "name": user,
+                "password_hash": password_hash(password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+            for user, password, _ in users
+        ],
+        "vhosts": [{"name": vhost}],
+        "permissions": [
+            {"user": user, "vhost": vhost, **asdict(granted)} for user, _, granted in users
+        ],
+    }
