@@ -453,3 +453,18 @@ def test_a_job_deleted_by_someone_else_is_answered(dispatcher: Dispatcher) -> No
     }
     assert broker.no_more_responses(2) == []
     assert wait_for_jobs(broker, 0, timeout=30) == []  # answered, the Job is let go of
+
+
+@pytest.mark.settings(JOB_ALLOW_ROOT="true", IMAGE_PULL_GRACE_SECONDS="5")
+def test_allowing_root_leaves_the_user_to_the_image_and_a_restricted_namespace_refuses_it(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    sent = task("id -u")
+    broker.publish(sent)
+
+    response = broker.response(timeout=90)
+    assert response == {
+        "id": sent["id"],
+        "error": "the pod could not be created: it violates the namespace's Pod Security level",
+    }
