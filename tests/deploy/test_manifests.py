@@ -274,7 +274,9 @@ def test_task_pods_are_fenced_off_by_the_network_policy(manifests: Path) -> None
     and lets no task reach the cluster's private addresses (the broker, the dispatcher)."""
     documents = render(manifests / "base")
     (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
-    (settings_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    (settings_map,) = [
+        d for d in documents if d["metadata"]["name"].startswith("dispatcher-settings")
+    ]
     settings = Settings.from_env(settings_map["data"])
     task = parse_task(json.dumps({"id": "t-1", "image": "x/y:1", "volume_mount_path": "/w"}))
     pod_labels = build_job(task, ReplyRoute(), settings)["spec"]["template"]["metadata"]["labels"]
