@@ -419,9 +419,27 @@ def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_
     assert broker.consumers(broker.task_queue.name) == 1  # and the worker carries on
 
 
-@pytest.mark.settings(INTERNAL_SERVICE_ACCOUNT_NAME="no-such-account", IMAGE_PULL_GRACE_SECONDS="5")
+@pytest.mark.parametrize(
+    ("cause", "logged"),
+    [
+        pytest.param(
+            "its service account (INTERNAL_SERVICE_ACCOUNT_NAME) is missing",
+            'serviceaccount "no-such-account" not found',
+            marks=pytest.mark.settings(
+                INTERNAL_SERVICE_ACCOUNT_NAME="no-such-account", IMAGE_PULL_GRACE_SECONDS="5"
+            ),
+            id="no-service-account",
+        ),
+        pytest.param(  # JOB_ALLOW_ROOT leaves the user to the image: `restricted` refuses it
+            "it violates the namespace's Pod Security level",
+            'violates PodSecurity "restricted',
+            marks=pytest.mark.settings(JOB_ALLOW_ROOT="true", IMAGE_PULL_GRACE_SECONDS="5"),
+            id="root-allowed-in-a-restricted-namespace",
+        ),
+    ],
+)
 def test_a_pod_that_cannot_be_created_is_answered_with_the_reason_and_the_job_removed(
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher, cause: str, logged: str
 ) -> None:
     broker, worker = dispatcher
     sent = task("echo never")
@@ -429,11 +447,8 @@ def test_a_pod_that_cannot_be_created_is_answered_with_the_reason_and_the_job_re
 
     response = broker.response(timeout=60)
     assert set(response) == {"id", "error"}
-    assert response["error"] == (
-        "the pod could not be created: its service account (INTERNAL_SERVICE_ACCOUNT_NAME) is "
-        "missing"
-    )  # the names stay in the worker's log
-    assert 'serviceaccount "no-such-account" not found' in worker.log()
+    assert response["error"] == f"the pod could not be created: {cause}"
+    assert logged in worker.log()  # the names stay in the worker's log
     assert wait_for_jobs(broker, 0, timeout=30) == []
 
 
@@ -453,18 +468,3 @@ def test_a_job_deleted_by_someone_else_is_answered(dispatcher: Dispatcher) -> No
     }
     assert broker.no_more_responses(2) == []
     assert wait_for_jobs(broker, 0, timeout=30) == []  # answered, the Job is let go of
-
-
-@pytest.mark.settings(JOB_ALLOW_ROOT="true", IMAGE_PULL_GRACE_SECONDS="5")
-def test_allowing_root_leaves_the_user_to_the_image_and_a_restricted_namespace_refuses_it(
-    dispatcher: Dispatcher,
-) -> None:
-    broker, _ = dispatcher
-    sent = task("id -u")
-    broker.publish(sent)
-
-    response = broker.response(timeout=90)
-    assert response == {
-        "id": sent["id"],
-        "error": "the pod could not be created: it violates the namespace's Pod Security level",
-    }

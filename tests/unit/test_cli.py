@@ -122,7 +122,7 @@ def test_the_permissions_printed_are_those_docs_security_shows() -> None:
 
 
 def test_definitions_need_the_producers_password() -> None:
-    result = dispatcher("permissions", "--definitions")
+    result = dispatcher("permissions", "--definitions", PRODUCER_AMQP_PASSWORD="")
 
     assert result.returncode == 2
     assert result.stderr.startswith("dispatcher: PRODUCER_AMQP_PASSWORD: ")
