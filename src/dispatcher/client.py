@@ -37,6 +37,7 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+from amqp.exceptions import AccessRefused, NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from dispatcher.amqp.topology import progress_exchange, task_exchange, task_queue
@@ -64,6 +65,7 @@ class Client:
             connect_timeout=10,
         )
         self._progress = progress_exchange(settings)
+        self._declared = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Client:
@@ -127,16 +129,43 @@ class Client:
             properties["correlation_id"] = correlation_id
         if reply_to:
             properties["reply_to"] = reply_to
-        Producer(channel).publish(
-            json.dumps(document, ensure_ascii=False).encode(),
-            exchange=task_exchange(self.settings),
-            routing_key=self.settings.task_routing_key,
-            declare=[task_queue(self.settings)],
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=2,
-            **properties,
-        )
+        self._declare_task_queue()
+        exchange = task_exchange(self.settings)
+        try:
+            Producer(channel).publish(
+                json.dumps(document, ensure_ascii=False).encode(),
+                exchange=exchange,
+                routing_key=self.settings.task_routing_key,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                **properties,
+            )
+        except NotFound as exc:
+            raise ClientError(
+                f"the task exchange '{exchange.name}' does not exist: no dispatcher worker has "
+                "declared it yet"
+            ) from exc
+
+    def _declare_task_queue(self) -> None:
+        """Declare the task exchange and queue once, so that a task sent before any worker
+        started waits in its queue."""
+        if not self._declared:
+            self.declare_quietly(task_queue(self.settings))
+            self._declared = True
+
+    def declare_quietly(self, entity: Exchange | Queue) -> None:
+        """Declare one of the dispatcher's exchanges or queues on a channel of its own. A
+        producer's broker user may not (docs/security.md): they are then the dispatcher's,
+        declared when a worker starts, and this does nothing."""
+        channel = self._connection.channel()
+        try:
+            entity(channel).declare()
+        except AccessRefused:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
 
     def drain(self, timeout: float) -> None:
         """Deliver whatever arrives within `timeout` seconds to the handles' buffers."""
@@ -168,7 +197,7 @@ class TaskHandle:
         self.reply_to: str = queue.declare()
         exchange = client.progress_exchange() if progress else None
         if exchange is not None:
-            exchange(self._channel).declare()
+            client.declare_quietly(exchange)
             self._channel.queue_bind(self.reply_to, exchange.name, routing_key=task_id)
         self._progress_name = None if exchange is None else exchange.name
         self._consumer = Consumer(

@@ -61,7 +61,8 @@ def free_port() -> int:
 @pytest.fixture
 def secured(local_stack: dict[str, str], log_dir: Path) -> Iterator[tuple[Broker, Worker, Users]]:
     """A worker that runs as the dispatcher user (least privilege), and a producer user."""
-    instance = Instance()
+    name = "t" + uuid.uuid4().hex[:8]
+    instance = Instance(name=name, extra={"PROGRESS_EXCHANGE_NAME": f"{name}.progress"})
     users = Users(instance)
     instance.extra.update(
         AMQP_USER=users.names["dispatcher"],
@@ -123,6 +124,30 @@ def test_a_producer_sends_tasks_and_reads_its_answer_as_the_dispatcher_runs_leas
     assert json.loads(message.body) == {"id": sent["id"], "output": "from-a-producer\n", "exit": 0}
 
 
+def test_the_cli_sends_a_task_and_waits_for_it_as_a_producer(
+    secured: tuple[Broker, Worker, Users], tmp_path: Path
+) -> None:
+    """`dispatcher submit --wait` with a producer's user: it declares nothing of the
+    dispatcher's, binds its reply queue to the progress events, and gets the answer."""
+    broker, _, users = secured
+    sent = task()
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(sent))
+    env = {
+        **broker.instance.env(),
+        "AMQP_USER": users.names["producer"],
+        "AMQP_PASSWORD": users.passwords["producer"],
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "submit", str(path), "--wait"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-a-producer\n", "exit": 0}
+
+
 def test_a_producer_cannot_write_to_the_internal_queue_or_by_queue_name(
     secured: tuple[Broker, Worker, Users],
 ) -> None:
@@ -155,7 +180,7 @@ def test_an_internal_message_the_dispatcher_did_not_seal_is_dropped_unrun(
         headers=headers,
     )
     deadline = time.monotonic() + 30
-    while "dropped internal message forged-1 (dispatcher.submit)" not in worker.log():
+    while "dropped internal message 'forged-1' (dispatcher.submit)" not in worker.log():
         assert time.monotonic() < deadline, worker.log_tail()
         time.sleep(0.3)
     assert kubectl("-n", "dispatcher", "get", "job", sent["id"], check=False).returncode != 0

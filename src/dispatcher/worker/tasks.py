@@ -94,7 +94,7 @@ def _guarded(self: SealedTask, work: Callable[[], str]) -> str:
     if not self.sealed():
         self.app.dispatcher.metrics.internal_refused.labels(self.name).inc()
         log.warning(
-            "dropped internal message %s (%s): its seal is missing or wrong, so no worker of "
+            "dropped internal message %r (%s): its seal is missing or wrong, so no worker of "
             "this dispatcher sent it",
             self.request.id,
             self.name,
