@@ -24,6 +24,15 @@ def kube() -> KubeClient:
     return KubeClient.from_settings(settings)
 
 
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def run_job(
     kube: KubeClient, command: str, **container: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,12 +48,15 @@ def run_job(
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
+                    # the namespace is Pod Security `restricted`, as the manifests make it
+                    "securityContext": RESTRICTED_POD,
                     "containers": [
                         {
                             "name": "task",
                             "image": env["TEST_IMAGE"],
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["/bin/sh", "-c", command],
+                            "securityContext": RESTRICTED_CONTAINER,
                             **container,
                         }
                     ],

@@ -30,7 +30,13 @@ from kombu.message import Message
 
 from dispatcher.amqp.confirms import PipelinedAnswers
 from dispatcher.amqp.handover import HandOver
-from dispatcher.amqp.topology import CANCEL_TASK, SUBMIT_TASK, response_queue, task_queue
+from dispatcher.amqp.topology import (
+    CANCEL_TASK,
+    SUBMIT_TASK,
+    progress_exchange,
+    response_queue,
+    task_queue,
+)
 from dispatcher.core.intake import Accepted, CancelRequested, Rejected, take
 
 log = logging.getLogger(__name__)
@@ -109,7 +115,8 @@ class TaskConsumerStep(bootsteps.ConsumerStep):
     def get_consumers(self, channel: Any) -> list[Consumer]:
         settings = self.runtime.settings
         queue = task_queue(settings)
-        for declared in (queue, response_queue(settings)):
+        progress = progress_exchange(settings)  # producers bind to it and may not declare it
+        for declared in (queue, response_queue(settings), *([progress] if progress else [])):
             declared(channel).declare()
         self._consumer = Consumer(
             channel,
