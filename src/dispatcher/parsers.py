@@ -36,6 +36,11 @@ _FALSE: Final = frozenset({"false", "0", "no"})
 _SHOWN_MAX: Final = 80
 
 
+def _items(raw: str) -> tuple[str, ...]:
+    """The non-empty items of a comma-separated list, stripped."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def _quoted(raw: str) -> str:
     """Show a raw value in an error: plain quotes, one line, bounded length."""
     shown = "".join(char if char.isprintable() else "?" for char in raw[:_SHOWN_MAX])
@@ -98,7 +103,7 @@ def secret(raw: str) -> str:
 
 def signing_keys(raw: str) -> tuple[str, ...]:
     """Comma-separated secret keys, each of at least 16 characters (none shown in an error)."""
-    keys = tuple(item.strip() for item in raw.split(",") if item.strip())
+    keys = _items(raw)
     for index, key in enumerate(keys, 1):
         if not key.isprintable() or len(key) < 16:
             raise Rejected(
@@ -143,7 +148,7 @@ def optional_path(raw: str) -> str | None:
 
 
 def prefixes(raw: str) -> tuple[str, ...]:
-    prefixes = tuple(item.strip() for item in raw.split(",") if item.strip())
+    prefixes = _items(raw)
     for prefix in prefixes:
         if not prefix.isprintable() or " " in prefix:
             raise Rejected(f"must be comma-separated image prefixes, got {_quoted(prefix)}")
@@ -156,7 +161,7 @@ def prefixes(raw: str) -> tuple[str, ...]:
 
 def queue_prefixes(raw: str) -> tuple[str, ...]:
     """Comma-separated AMQP queue-name prefixes (none: the empty tuple)."""
-    found = tuple(item.strip() for item in raw.split(",") if item.strip())
+    found = _items(raw)
     for prefix in found:
         if not prefix.isprintable() or " " in prefix or len(prefix.encode()) > 255:
             raise Rejected(f"must be comma-separated queue name prefixes, got {_quoted(prefix)}")
@@ -209,7 +214,7 @@ def tolerations(raw: str) -> tuple[tuple[str, str | None, str], ...]:
     """``key=value:Effect`` (Equal) or ``key:Effect`` (Exists), comma-separated: taints the task
     pods tolerate. Each is (key, value or None, effect)."""
     parsed: list[tuple[str, str | None, str]] = []
-    for item in (item.strip() for item in raw.split(",") if item.strip()):
+    for item in _items(raw):
         head, sep, effect = item.rpartition(":")
         if not sep or effect not in _EFFECTS:
             raise Rejected(

@@ -71,16 +71,21 @@ def take(
     route = route_from_properties(properties)
     try:
         check_reply_to(route, settings.reply_to_prefixes)
+    except InvalidTaskError as exc:  # answered, but never where the producer pointed
+        return _rejected(exc, body, ReplyRoute(correlation_id=route.correlation_id))
+    try:
         message = parse_message(body, TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
-        raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-        if exc.field == "reply_to":  # answered, but never where the producer pointed
-            route = ReplyRoute(correlation_id=route.correlation_id)
-        # An invalid id is still echoed (when it is a short string) so the sender can match it;
-        # of an oversized body only the head is read for it.
-        response = error_response(exc, exc.task_id or peek_task_id(raw))
-        return Rejected(response, route, f"invalid.{digest}")
+        return _rejected(exc, body, route)
     if isinstance(message, Cancel):
         return CancelRequested(message, route)
     return Accepted(message, route)
+
+
+def _rejected(exc: InvalidTaskError, body: bytes | str, route: ReplyRoute) -> Rejected:
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    # An invalid id is still echoed (when it is a short string) so the sender can match it;
+    # of an oversized body only the head is read for it.
+    response = error_response(exc, exc.task_id or peek_task_id(raw))
+    return Rejected(response, route, f"invalid.{digest}")

@@ -42,7 +42,7 @@ class Sealer:
         return cls([derived])
 
     def seal(self, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> str:
-        return _mac(self._keys[0], name, args, kwargs)
+        return _mac(self._keys[0], _canonical(name, args, kwargs))
 
     def verify(
         self,
@@ -53,16 +53,19 @@ class Sealer:
     ) -> bool:
         if not isinstance(seal, str):
             return False
-        return any(hmac.compare_digest(_mac(k, name, args, kwargs), seal) for k in self._keys)
+        text = _canonical(name, args, kwargs)
+        return any(hmac.compare_digest(_mac(key, text), seal) for key in self._keys)
 
 
-def _mac(
-    key: bytes, name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
-) -> str:
-    """Over the arguments as JSON carries them: what was sent and what arrives agree."""
+def _canonical(name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> bytes:
+    """The arguments as JSON carries them: what was sent and what arrives agree."""
     document = [name, list(args or ()), dict(kwargs or {})]
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    return text.encode()
+
+
+def _mac(key: bytes, text: bytes) -> str:
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
 class SealedTask(Task):
