@@ -6,6 +6,7 @@ environment is missing they fail with that instruction instead of being skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amqp.exceptions import NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,7 +175,15 @@ class Broker:
         return extra
 
     def consumers(self, queue_name: str) -> int:
-        _, _, consumers = self.conn.default_channel.queue_declare(queue_name, passive=True)
+        """How many consumers the queue has (0 while it does not exist yet)."""
+        channel = self.conn.channel()
+        try:
+            _, _, consumers = channel.queue_declare(queue_name, passive=True)
+        except NotFound:
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
         return int(consumers)
 
     def close(self) -> None:
@@ -227,8 +237,11 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        # Ready when it consumes both its queues: the task queue (our consumer) and the
+        # internal queue (Celery's), which may be declared a moment later.
+        queues = (broker.task_queue.name, self.instance.env()["CELERY_QUEUE_NAME"])
         deadline = time.monotonic() + timeout
-        while broker.consumers(broker.task_queue.name) < 1:
+        while min(broker.consumers(name) for name in queues) < 1:
             if self.proc.poll() is not None:
                 raise AssertionError(
                     f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
