@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down scale-up scale-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
+.PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,15 @@ scale-up: up  ## opt-in scale mode: build kwok (cached), add a simulated node, r
 scale-down:  ## leave scale mode: remove the simulated node, stop kwok, default rate limits again
 	bash stack/scale.sh down
 
+kueue-build:  ## build Kueue's manager from the Go module proxy (cached by version; the Kueue tests need it)
+	bash stack/build-kueue.sh
+
+kueue-up: venv up  ## opt-in: build Kueue's manager (cached), install its CRDs, run it as a process of the stack
+	bash stack/kueue.sh up
+
+kueue-down:  ## stop Kueue's manager and remove its webhooks
+	bash stack/kueue.sh down
+
 demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json, print the response
 	bash scripts/demo.sh
 
@@ -45,7 +54,7 @@ typecheck: venv
 unit: venv  ## fast tests, no services
 	$(PY) -m pytest tests/unit -q
 
-test: venv check up image  ## the whole suite on the real stack (what CI runs)
+test: venv check up image kueue-build  ## the whole suite on the real stack (what CI runs)
 	set -a && . .local/env && set +a && $(PY) -m pytest tests -q
 
 bench: venv up  ## benchmarks (tables on stdout)

@@ -21,7 +21,8 @@ for p in /proc/[0-9]*; do
     kill -KILL "${p#/proc/}" 2>/dev/null
   fi
 done
-for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+for c in kueue kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
+forget_metrics_cert
 if component_alive rabbitmq; then
   (rabbitmq_env; timeout 20 "$RABBITMQ_LIB/rabbitmqctl" -q stop >/dev/null 2>&1)
 fi

@@ -104,6 +104,11 @@ stop_component() {
   rm -f "$f"
 }
 
+# forget_metrics_cert: remove the directory stack/kueue.sh made for Kueue's metrics certificate.
+forget_metrics_cert() {
+  if [ -f "$STACK_RUN/kueue-made-etc" ]; then rm -rf /etc/kueue; rm -f "$STACK_RUN/kueue-made-etc"; fi
+}
+
 rabbitmq_env() {
   export HOME=$STACK_STATE/rabbitmq/home
   export RABBITMQ_NODENAME=dispatcher@localhost
