@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from dispatcher.core.preflight import preflight
+    from dispatcher.core.preflight import check_kueue, preflight
     from dispatcher.worker.app import create_app
 
     app = create_app(settings)
@@ -139,6 +139,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return EXIT_USAGE
     preflight(kube, settings)  # warns about the claim the Jobs mount
+    try:
+        check_kueue(kube, settings)  # no Kueue at all: nothing would ever admit a Job
+    except ConfigError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     app.worker_main(
         [
             "worker",

@@ -365,6 +365,21 @@ class Settings:
         "AMQP_PASSWORD.",
         secret=True,
     )
+    kueue_local_queue: str = _setting(
+        "KUEUE_LOCAL_QUEUE",
+        "",
+        parsers.optional_label_name,
+        "Kueue LocalQueue (in JOB_NAMESPACE) that decides when each Job runs: Jobs are created "
+        "suspended with its queue-name label and wait, never answered for waiting, until Kueue "
+        "admits them (empty: no Kueue; see docs/kueue.md).",
+    )
+    kueue_priority_class: str = _setting(
+        "KUEUE_PRIORITY_CLASS",
+        "",
+        parsers.optional_label_name,
+        "With KUEUE_LOCAL_QUEUE: the Kueue WorkloadPriorityClass of every Job of this "
+        "installation (empty: the ClusterQueue's default).",
+    )
     celery_queue_name: str = _setting(
         "CELERY_QUEUE_NAME",
         "dispatcher.internal",
@@ -419,6 +434,8 @@ class Settings:
         settings = cls(**values)
         _check_tls(settings)
         _check_limits(settings)
+        if settings.kueue_priority_class and not settings.kueue_local_queue:
+            raise ConfigError("KUEUE_PRIORITY_CLASS", "is set but KUEUE_LOCAL_QUEUE is not")
         return settings
 
     @property

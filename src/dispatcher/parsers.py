@@ -140,6 +140,16 @@ def dns_subdomain(raw: str) -> str:
     )
 
 
+def optional_label_name(raw: str) -> str:
+    """An object name that is also used as a label value (empty: none): an RFC 1123 subdomain of
+    at most 63 characters."""
+    if not raw:
+        return ""
+    if len(raw) > 63:
+        raise Rejected(f"must be at most 63 characters (it is a label value), got {_quoted(raw)}")
+    return dns_subdomain(raw)
+
+
 def optional_path(raw: str) -> str | None:
     text = raw.strip()
     if text.isprintable():

@@ -93,6 +93,26 @@ def test_the_base_is_accepted_by_the_api_server(manifests: Path) -> None:
     assert result.stdout.count("(server dry run)") == len(documents)
 
 
+def test_the_kueue_overlay_hands_queueing_to_kueue_with_two_more_reads(manifests: Path) -> None:
+    documents = render(manifests / "overlays" / "kueue")
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    kueue_rules = [rule for rule in role["rules"] if "kueue.x-k8s.io" in rule["apiGroups"]]
+    (config,) = [d for d in documents if d["metadata"]["name"].startswith("dispatcher-settings")]
+    settings = Settings.from_env(config["data"])
+    for doc in documents:  # as in the base's test: the stack already has this PV
+        if doc["kind"] == "PersistentVolume":
+            doc["metadata"]["name"] += "-dry-run"
+
+    assert role["metadata"]["namespace"] == JOBS
+    assert kueue_rules == [
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
+    ]
+    assert (settings.kueue_local_queue, settings.max_active_jobs) == ("dispatcher", 0)
+    result = dry_run(documents)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_local_overlay_is_accepted_by_the_api_server(manifests: Path) -> None:
     documents = render(manifests / "overlays" / "local")
     assert not [d for d in documents if d["kind"] == "StatefulSet"]

@@ -66,6 +66,8 @@ class FakeKube:
         """The last state of each deleted Job, by name."""
         self.pods: list[KubeObject] = []
         self.events: list[KubeObject] = []
+        self.workloads: list[KubeObject] = []
+        """Kueue's Workloads (their `kueue.x-k8s.io/job-uid` label selects them)."""
         self.logs: dict[str, str | KubeError] = {}
         """Log text by Pod name, or the error the API server answers for it."""
         self._versions = itertools.count(48213)
@@ -89,6 +91,14 @@ class FakeKube:
         """The Job controller writes the Job's status."""
         job = self.jobs[name]
         job["status"] = copy.deepcopy(dict(status))
+        job["metadata"]["resourceVersion"] = self._next_version()
+        return copy.deepcopy(job)
+
+    def set_suspend(self, name: str, suspend: bool, *, start_time: str | None = None) -> KubeObject:
+        """Kueue admits (False) or evicts (True) the Job; the Job controller resets startTime."""
+        job = self.jobs[name]
+        job["spec"]["suspend"] = suspend
+        job["status"] = {"startTime": start_time} if start_time and not suspend else {}
         job["metadata"]["resourceVersion"] = self._next_version()
         return copy.deepcopy(job)
 
@@ -217,7 +227,12 @@ class FakeKube:
         self, kind: str, selector: str, fields: str = ""
     ) -> tuple[list[KubeObject], str]:
         self._enter("list_objects")
-        objects = {"jobs": list(self.jobs.values()), "pods": self.pods, "events": self.events}
+        objects = {
+            "jobs": list(self.jobs.values()),
+            "pods": self.pods,
+            "events": self.events,
+            "workloads": self.workloads,
+        }
         items = [
             copy.deepcopy(obj)
             for obj in objects[kind]
@@ -312,6 +327,26 @@ def failed_create(job: Mapping[str, Any], message: str) -> KubeObject:
         "type": "Warning",
         "message": message,
         "lastTimestamp": "2025-01-10T10:00:05Z",
+    }
+
+
+def workload_for(job: Mapping[str, Any], *conditions: Any, active: bool = True) -> KubeObject:
+    """The Workload Kueue makes for `job`, with the given status conditions."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "kueue.x-k8s.io/v1beta2",
+        "kind": "Workload",
+        "metadata": {
+            "name": f"job-{meta['name']}-5f2c1",
+            "namespace": meta["namespace"],
+            "uid": f"wl-{meta['uid']}",
+            "labels": {"kueue.x-k8s.io/job-uid": meta["uid"]},
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        },
+        "spec": {"active": active, "queueName": "team-a"},
+        "status": {"conditions": list(conditions)},
     }
 
 

@@ -66,6 +66,8 @@ ADDED_DEFAULTS = {
     "AMQP_SERVER_NAME": "",
     "REPLY_TO_PREFIXES": "amq.gen-,amq.rabbitmq.reply-to",
     "INTERNAL_SIGNING_KEY": "",
+    "KUEUE_LOCAL_QUEUE": "",
+    "KUEUE_PRIORITY_CLASS": "",
     "CELERY_QUEUE_NAME": "dispatcher.internal",
     "WATCH_TIMEOUT_SECONDS": "240",
     "WORKER_CONCURRENCY": "16",
@@ -186,6 +188,24 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             {"ALLOWED_IMAGE_PREFIXES": "registry.example.com"},
             "ALLOWED_IMAGE_PREFIXES: each prefix must end with '/', got 'registry.example.com'",
             id="prefix-without-boundary",
+        ),
+        pytest.param(
+            {"KUEUE_LOCAL_QUEUE": "Team_A"},
+            "KUEUE_LOCAL_QUEUE: must be a Kubernetes object name (RFC 1123 subdomain): at most "
+            "253 lower-case letters, digits, '-' or '.', starting and ending with a letter or "
+            "digit, got 'Team_A'",
+            id="local-queue-not-a-name",
+        ),
+        pytest.param(
+            {"KUEUE_LOCAL_QUEUE": "q" * 64},
+            "KUEUE_LOCAL_QUEUE: must be at most 63 characters (it is a label value), got "
+            f"'{'q' * 64}'",
+            id="local-queue-too-long-for-a-label",
+        ),
+        pytest.param(
+            {"KUEUE_PRIORITY_CLASS": "high"},
+            "KUEUE_PRIORITY_CLASS: is set but KUEUE_LOCAL_QUEUE is not",
+            id="priority-without-queue",
         ),
         pytest.param(
             {"REPLY_TO_PREFIXES": "amq.gen-,bad prefix"},

@@ -30,6 +30,7 @@ from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway, ResponsePublisher
 from dispatcher.core.progress import Progress
 from dispatcher.errors import ConflictError, PermanentKubeError, TransientKubeError
+from dispatcher.kube import kueue
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CANCELLED_ANNOTATION,
@@ -38,6 +39,7 @@ from dispatcher.kube.conventions import (
     RESPONDED_ANNOTATION,
     owns,
     pods_of_job,
+    workloads_of_job,
 )
 from dispatcher.kube.outcome import (
     DELETED_ERROR,
@@ -48,6 +50,7 @@ from dispatcher.kube.outcome import (
     judge_cancelled,
     judge_deleted,
     judge_finished,
+    judge_not_admitted,
     judge_not_created,
     judge_queue_timeout,
     judge_stuck,
@@ -304,6 +307,8 @@ def _decide(
             return judge_stuck(pod, stuck)
     if any(pod_started(pod) for pod in pods):
         return None
+    if kueue.suspended(job):  # queued in Kueue: answered only when it can never be admitted
+        return _not_admitted(job, ctx)
     events: list[dict[str, Any]] = []
     if not pods:
         failed_create = f"involvedObject.uid={uid},reason=FailedCreate"
@@ -314,6 +319,20 @@ def _decide(
             log.warning("Job %s: the Job controller cannot create its pod: %s", uid, why)
             return verdict
     return _queue_timeout(job, pods, events, ctx, now)
+
+
+def _not_admitted(job: dict[str, Any], ctx: Context) -> Verdict | None:
+    """The verdict on a suspended Job that Kueue cannot admit as things stand (its Workload
+    says why), else None: it waits, however long."""
+    if not ctx.settings.kueue_local_queue:
+        return None  # suspended by someone else: it waits for them
+    uid = job["metadata"]["uid"]
+    workloads, _ = ctx.kube.list_objects("workloads", workloads_of_job(uid))
+    problem = next(filter(None, map(kueue.never_admitted, workloads)), None)
+    if problem is None:
+        return None
+    log.warning("Job %s: Kueue cannot admit it: %s", job["metadata"]["name"], problem)
+    return judge_not_admitted(problem)
 
 
 def _judge_ended(job: dict[str, Any], pods: list[dict[str, Any]], ctx: Context) -> Verdict | None:
@@ -348,7 +367,7 @@ def _queue_timeout(
 ) -> Verdict | None:
     """Answer a Job whose pod never got a node within QUEUE_TIMEOUT_SECONDS, else None."""
     limit = ctx.settings.queue_timeout_seconds
-    age = _age(job, now)
+    age = _age(job, now, since=kueue.admitted_at(job))
     if limit <= 0 or age is None or age < limit:
         return None
     why = next(filter(None, map(unschedulable_message, pods)), None) or not_created_message(events)
@@ -466,10 +485,11 @@ def _annotations(job: dict[str, Any]) -> dict[str, str]:
     return dict(job["metadata"].get("annotations") or {})
 
 
-def _age(job: dict[str, Any], now: datetime) -> float | None:
-    created = job["metadata"].get("creationTimestamp")
+def _age(job: dict[str, Any], now: datetime, *, since: str | None = None) -> float | None:
+    """Seconds from `since` (RFC 3339), else from the Job's creation, to `now`."""
+    start = since or job["metadata"].get("creationTimestamp")
     try:
-        return (now - datetime.fromisoformat(created)).total_seconds() if created else None
+        return (now - datetime.fromisoformat(start)).total_seconds() if start else None
     except ValueError:
         return None
 

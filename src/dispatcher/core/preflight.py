@@ -4,6 +4,11 @@ The claim every Job mounts (`PVC_NAME`) should exist in `JOB_NAMESPACE`, be boun
 to `PV_NAME`. None of this stops the worker (the claim may be created after it, and with dynamic
 provisioning the volume's name is generated), but each is a warning an operator sees at once
 instead of in every task's answer.
+
+With `KUEUE_LOCAL_QUEUE`, the cluster must serve Kueue's API: without Kueue nobody would ever
+admit the suspended Jobs, so the worker does not start (a ConfigError naming the setting). A
+missing LocalQueue is a warning (its tasks are answered with Kueue's reason after the grace
+period).
 """
 
 from __future__ import annotations
@@ -12,13 +17,19 @@ import logging
 from typing import Any, Protocol
 
 from dispatcher.config import Settings
-from dispatcher.errors import KubeError
+from dispatcher.errors import ConfigError, KubeError
 
 log = logging.getLogger(__name__)
 
 
 class ClaimReader(Protocol):
     def get_claim(self, name: str) -> dict[str, Any] | None: ...
+
+
+class ObjectReader(ClaimReader, Protocol):
+    def get_object(self, kind: str, name: str) -> dict[str, Any] | None: ...
+
+    def serves(self, kind: str) -> bool: ...
 
 
 def check_claim(claim: dict[str, Any] | None, settings: Settings) -> str | None:
@@ -50,6 +61,35 @@ def preflight(kube: ClaimReader, settings: Settings) -> str | None:
         problem = check_claim(kube.get_claim(settings.pvc_name), settings)
     except KubeError as exc:  # e.g. a Role without the rule, or the API is not there yet
         problem = f"PVC_NAME: cannot check PersistentVolumeClaim '{settings.pvc_name}': {exc}"
+    if problem is not None:
+        log.warning("%s", problem)
+    return problem
+
+
+def check_kueue(kube: ObjectReader, settings: Settings) -> str | None:
+    """With KUEUE_LOCAL_QUEUE: raise ConfigError when the cluster serves no Kueue API;
+    log and return what is wrong with the LocalQueue (None: nothing, or Kueue not used)."""
+    name, namespace = settings.kueue_local_queue, settings.job_namespace
+    if not name:
+        return None
+    try:
+        if not kube.serves("workloads"):
+            raise ConfigError(
+                "KUEUE_LOCAL_QUEUE",
+                f"is '{name}' but the cluster serves no Kueue API (kueue.x-k8s.io/v1beta2): "
+                "install Kueue, or leave KUEUE_LOCAL_QUEUE empty",
+            )
+        queue = kube.get_object("localqueues", name)
+    except KubeError as exc:  # e.g. a Role without the Kueue rules (manifests/kueue)
+        problem: str | None = f"KUEUE_LOCAL_QUEUE: cannot check LocalQueue '{name}': {exc}"
+    else:
+        problem = None
+        if queue is None:
+            problem = (
+                f"KUEUE_LOCAL_QUEUE: LocalQueue '{name}' does not exist in namespace "
+                f"'{namespace}'; Kueue admits none of its Jobs, and each task is answered with "
+                "Kueue's reason after IMAGE_PULL_GRACE_SECONDS"
+            )
     if problem is not None:
         log.warning("%s", problem)
     return problem

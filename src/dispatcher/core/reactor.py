@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.kube import kueue
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CONTROLLER_UID_LABEL,
@@ -57,7 +58,7 @@ Schedule = Callable[[FinalizeRequest], None]
 @dataclass(frozen=True, slots=True)
 class _Active:
     name: str
-    created: float  # POSIX seconds, from the Job's creationTimestamp
+    since: float  # POSIX seconds: when the Job was last let start (startTime, else creation)
 
 
 class Reactor:
@@ -71,12 +72,15 @@ class Reactor:
         queue_timeout_seconds: float = 0,
         on_job_seen: Callable[[str], None] | None = None,
         on_started: Callable[[dict[str, Any]], None] | None = None,
+        on_evicted: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
         self._queue_timeout = queue_timeout_seconds
         self._on_job_seen = on_job_seen or (lambda name: None)
         self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
+        # Kueue evicted a Job's Workload: (Job name, reason, message)
+        self._on_evicted = on_evicted or (lambda name, reason, message: None)
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
         self._stuck: set[str] = set()  # Pod uids whose grace period is running
@@ -85,6 +89,9 @@ class Reactor:
         self._active: dict[str, _Active] = {}  # Job uid -> Job seen and not yet ended
         self._started: set[str] = set()  # Job uids with a pod that has a node
         self._ended_pods: dict[str, dict[str, Any]] = {}  # Job uid -> its pod that ended
+        self._suspended: set[str] = set()  # Job uids waiting for Kueue to admit them
+        self._not_admitted: set[str] = set()  # Job uids Kueue cannot admit (grace running)
+        self._evictions: dict[str, str] = {}  # Job uid -> when its last eviction was told
 
     # -- what is active -------------------------------------------------------------------------
 
@@ -94,7 +101,8 @@ class Reactor:
             return len(self._active)
 
     def waiting_jobs(self) -> int:
-        """Active Jobs whose pod has no node yet: queued for room in the cluster."""
+        """Active Jobs whose pod has no node yet: queued for room in the cluster, or for Kueue
+        to admit them."""
         with self._lock:
             return len(self._active.keys() - self._started)
 
@@ -104,16 +112,28 @@ class Reactor:
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
-            for uid in self._ended_pods.keys() - present:
-                del self._ended_pods[uid]
-            for seen in (self._finishing, self._not_created, self._timed_out, self._started):
+            for held in (self._ended_pods, self._evictions):
+                for uid in held.keys() - present:
+                    del held[uid]
+            for seen in self._job_sets():
                 seen.intersection_update(present)
 
     def remembered(self) -> int:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
-            sets = (self._finishing, self._not_created, self._timed_out, self._started)
-            return len(set(self._active).union(*sets, self._ended_pods))
+            held = set(self._active).union(*self._job_sets(), self._ended_pods, self._evictions)
+            return len(held)
+
+    def _job_sets(self) -> tuple[set[str], ...]:
+        """Every set of Job uids (call with the lock held)."""
+        return (
+            self._finishing,
+            self._not_created,
+            self._timed_out,
+            self._started,
+            self._suspended,
+            self._not_admitted,
+        )
 
     # -- Jobs -----------------------------------------------------------------------------------
 
@@ -149,8 +169,7 @@ class Reactor:
             self._once(self._finishing, uid, request)
             return
         if not job_finished(job):
-            with self._lock:
-                self._active.setdefault(uid, _Active(name, _created(meta)))
+            self._track(uid, name, job)
             return
         with self._lock:
             pod = self._ended_pods.get(uid)
@@ -158,18 +177,38 @@ class Reactor:
         request = FinalizeRequest(name, uid, 0.0, "job ended", job=job_snapshot(job), pod=pod)
         self._once(self._finishing, uid, request)
 
+    def _track(self, uid: str, name: str, job: dict[str, Any]) -> None:
+        """Count a Job that has not ended as active, and note whether it waits for Kueue: a
+        suspended Job is queued (its queue timeout counts from its admission, not before), and
+        a Job suspended again was evicted — preempted — and has no pod on a node any more."""
+        since = _since(job)
+        suspended = kueue.suspended(job)
+        with self._lock:
+            known = self._active.get(uid)
+            if known is None or known.since != since:
+                self._active[uid] = _Active(name, since)
+            if suspended:
+                self._suspended.add(uid)
+                self._started.discard(uid)
+            else:
+                self._suspended.discard(uid)
+                self._not_admitted.discard(uid)
+
     def _end(self, uid: str) -> None:
         with self._lock:
             self._active.pop(uid, None)
-            self._started.discard(uid)
+            for seen in (self._started, self._suspended, self._not_admitted):
+                seen.discard(uid)
             self._ended_pods.pop(uid, None)
+            self._evictions.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
         with self._lock:
-            for seen in (self._finishing, self._not_created, self._timed_out, self._started):
+            for seen in self._job_sets():
                 seen.discard(uid)
             self._active.pop(uid, None)
             self._ended_pods.pop(uid, None)
+            self._evictions.pop(uid, None)
 
     def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
         """Schedule `request` unless `key` was already scheduled; forget `key` again when
@@ -197,11 +236,50 @@ class Reactor:
                 for uid, active in self._active.items()
                 if uid not in self._started
                 and uid not in self._timed_out
-                and now - active.created >= self._queue_timeout
+                and uid not in self._suspended
+                and now - active.since >= self._queue_timeout
             ]
         for uid, active in overdue:
             request = FinalizeRequest(active.name, uid, 0.0, "queue timeout")
             self._once(self._timed_out, uid, request)
+
+    # -- Kueue Workloads ------------------------------------------------------------------------
+
+    def on_workload(self, event_type: str, workload: dict[str, Any]) -> None:
+        """Workloads Kueue made for the installation's Jobs (others are ignored): a Job Kueue
+        cannot admit as things stand is handed to finalize after the grace period (finalize
+        looks again before answering); an eviction (a preemption) is told once."""
+        owner = kueue.owner_job(workload)
+        if event_type == "DELETED" or owner is None:
+            return
+        name, uid = owner
+        with self._lock:
+            if uid not in self._active:
+                return  # not one of ours, or already ended
+        evicted = kueue.evicted(workload)
+        if evicted is not None:
+            self._evicted(name, uid, workload, *evicted)
+        problem = kueue.never_admitted(workload)
+        if problem is None:
+            with self._lock:
+                self._not_admitted.discard(uid)
+            return
+        log.info("Kueue cannot admit Job %s: %s", name, problem)
+        request = FinalizeRequest(name, uid, self._grace, "not admitted by Kueue")
+        self._once(self._not_admitted, uid, request)
+
+    def _evicted(
+        self, name: str, uid: str, workload: dict[str, Any], reason: str, message: str
+    ) -> None:
+        when = kueue.evicted_at(workload)
+        with self._lock:
+            if self._evictions.get(uid) == when:
+                return
+            self._evictions[uid] = when
+        log.info(
+            "Kueue evicted Job %s (%s): %s; it waits to be admitted again", name, reason, message
+        )
+        self._on_evicted(name, reason, message)
 
     # -- Events and Pods ------------------------------------------------------------------------
 
@@ -225,8 +303,9 @@ class Reactor:
         if event_type == "DELETED":
             with self._lock:
                 self._stuck.discard(pod_uid)
-                if job_uid:
-                    self._ended_pods.pop(job_uid, None)
+                kept = self._ended_pods.get(job_uid or "")
+                if kept is not None and kept.get("metadata", {}).get("uid") == pod_uid:
+                    del self._ended_pods[job_uid or ""]  # (not a newer pod of the same Job)
             return
         if not job_name or not job_uid:
             return
@@ -248,9 +327,12 @@ class Reactor:
         self._once(self._stuck, pod_uid, request)
 
 
-def _created(meta: dict[str, Any]) -> float:
-    """The Job's creation time in POSIX seconds (now, when the API server did not say)."""
+def _since(job: dict[str, Any]) -> float:
+    """When the Job was last let start, in POSIX seconds: its ``startTime`` (set when the Job
+    controller starts it, reset each time Kueue admits it again), else its creation (now, when
+    the API server said neither)."""
+    started = kueue.admitted_at(job) or job.get("metadata", {}).get("creationTimestamp")
     try:
-        return datetime.fromisoformat(str(meta["creationTimestamp"])).timestamp()
-    except (KeyError, ValueError):
+        return datetime.fromisoformat(str(started)).timestamp()
+    except ValueError:
         return datetime.now(UTC).timestamp()

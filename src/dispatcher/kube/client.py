@@ -42,6 +42,13 @@ _PATHS = {
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
     "persistentvolumeclaims": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "workloads": "/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/workloads",
+    "localqueues": "/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/localqueues",
+}
+_NAMES = {
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "workloads": "Workload",
+    "localqueues": "LocalQueue",
 }
 LIST_PAGE_SIZE = 500
 # 401 too: a service account token the kubelet has just rotated (lightkube re-reads the token
@@ -234,11 +241,24 @@ class KubeClient:
 
     def get_claim(self, name: str) -> KubeObject | None:
         """The PersistentVolumeClaim `name` of the namespace, or None when there is none."""
-        path = self._path("persistentvolumeclaims", name)
+        return self.get_object("persistentvolumeclaims", name)
+
+    def get_object(self, kind: str, name: str) -> KubeObject | None:
+        """The object `name` of `kind` in the namespace, or None when there is none."""
         try:
-            return self._json("GET", path, f"read PersistentVolumeClaim {name}")
+            return self._json("GET", self._path(kind, name), f"read {_NAMES[kind]} {name}")
         except NotFoundError:
             return None
+
+    def serves(self, kind: str) -> bool:
+        """True when the API server serves `kind` (its API group and version are installed)."""
+        group_version = _PATHS[kind].split("/namespaces/")[0]
+        try:
+            data = self._json("GET", group_version, f"discover {group_version}")
+        except NotFoundError:
+            return False
+        resource = _PATHS[kind].rsplit("/", 1)[-1]
+        return any(item.get("name") == resource for item in data.get("resources") or ())
 
     # -- Pods and logs ------------------------------------------------------------------------
 

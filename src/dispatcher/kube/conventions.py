@@ -37,6 +37,13 @@ JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"
 CONTROLLER_UID_LABEL: Final = "batch.kubernetes.io/controller-uid"
 """Set by the Job controller on every pod of a Job: the Job's uid."""
 
+KUEUE_QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+"""Kueue's label naming the LocalQueue a Job waits in (``KUEUE_LOCAL_QUEUE``)."""
+KUEUE_PRIORITY_LABEL: Final = "kueue.x-k8s.io/priority-class"
+"""Kueue's label naming the WorkloadPriorityClass of a Job (``KUEUE_PRIORITY_CLASS``)."""
+KUEUE_JOB_UID_LABEL: Final = "kueue.x-k8s.io/job-uid"
+"""Set by Kueue on the Workload it makes for a Job: the Job's uid."""
+
 CONTAINER_NAME: Final = "task"
 VOLUME_NAME: Final = "work"
 
@@ -74,3 +81,8 @@ def owns(job: dict[str, object], dispatcher_name: str) -> bool:
 def pods_of_job(job_uid: str) -> str:
     """The selector matching every pod the Job controller made for one Job."""
     return f"{CONTROLLER_UID_LABEL}={job_uid}"
+
+
+def workloads_of_job(job_uid: str) -> str:
+    """The selector matching the Kueue Workload made for one Job."""
+    return f"{KUEUE_JOB_UID_LABEL}={job_uid}"

@@ -8,7 +8,8 @@ and memory requests (within the per-task maxima), all bounded by
 service account, privileges, volumes, limits) comes from operator settings. The Job runs one
 pod, never restarted in place; a pod lost to a disruption (eviction, preemption, node drain) is
 retried, a container that fails is not (``backoffLimit: 0`` plus a pod failure policy). The
-workload learns its task id from ``TASK_ID``.
+workload learns its task id from ``TASK_ID``. With ``KUEUE_LOCAL_QUEUE`` the Job is created
+suspended, labelled for that LocalQueue: Kueue decides when it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CONTAINER_NAME,
     CORRELATION_ID_ANNOTATION,
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
     TASK_HASH_ANNOTATION,
     VOLUME_NAME,
     job_name,
@@ -45,11 +48,12 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
         "metadata": {
             "name": job_name(task.id),
             "namespace": settings.job_namespace,
-            "labels": labels,
+            "labels": {**labels, **_kueue_labels(settings)},
             "annotations": _annotations(task, route),
             "finalizers": [ANSWER_FINALIZER],
         },
         "spec": {
+            **({"suspend": True} if settings.kueue_local_queue else {}),
             "backoffLimit": 0,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             **_job_deadline(task, settings),
@@ -60,6 +64,17 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
             },
         },
     }
+
+
+def _kueue_labels(settings: Settings) -> dict[str, str]:
+    """With Kueue, the LocalQueue the Job waits in (created suspended: Kueue admits it) and its
+    priority class."""
+    if not settings.kueue_local_queue:
+        return {}
+    labels = {KUEUE_QUEUE_LABEL: settings.kueue_local_queue}
+    if settings.kueue_priority_class:
+        labels[KUEUE_PRIORITY_LABEL] = settings.kueue_priority_class
+    return labels
 
 
 def _run_seconds(task: Task, settings: Settings) -> int:

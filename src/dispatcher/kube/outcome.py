@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from dispatcher.kube.capacity import quota_waiting, waiting_for_room
 from dispatcher.kube.conventions import CONTAINER_NAME
+from dispatcher.kube.objects import condition, one_line
 
 _IMAGE_PULL_REASONS: Final = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -43,6 +44,7 @@ class Outcome(Enum):
     UNSCHEDULABLE = "unschedulable"
     CONTAINER_CONFIG_ERROR = "container_config_error"
     POD_NOT_CREATED = "pod_not_created"
+    NOT_ADMITTED = "not_admitted"
     QUEUE_TIMEOUT = "queue_timeout"
     LOST = "lost"
     DELETED = "deleted"
@@ -70,12 +72,12 @@ class Stuck:
 
 def job_finished(job: Mapping[str, Any]) -> bool:
     """True when the Job has a ``Complete`` or ``Failed`` condition with status True."""
-    return any(_condition(job, kind) is not None for kind in ("Complete", "Failed"))
+    return any(condition(job, kind) is not None for kind in ("Complete", "Failed"))
 
 
 def job_failure_reason(job: Mapping[str, Any]) -> str | None:
     """The reason of the Job's ``Failed`` condition (e.g. DeadlineExceeded, PodFailurePolicy)."""
-    failed = _condition(job, "Failed")
+    failed = condition(job, "Failed")
     return None if failed is None else failed.get("reason")
 
 
@@ -96,10 +98,10 @@ def pod_stuck(pod: Mapping[str, Any]) -> Stuck | None:
 
 def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
     """The scheduler's message (one line) while it cannot place the pod, else None."""
-    scheduled = _condition(pod, "PodScheduled", status="False")
+    scheduled = condition(pod, "PodScheduled", status="False")
     if scheduled is None or scheduled.get("reason") != "Unschedulable":
         return None
-    return _one_line(scheduled.get("message") or "Unschedulable")
+    return one_line(scheduled.get("message") or "Unschedulable")
 
 
 def pod_started(pod: Mapping[str, Any]) -> bool:
@@ -110,7 +112,7 @@ def pod_started(pod: Mapping[str, Any]) -> bool:
 def pod_ended(pod: Mapping[str, Any]) -> bool:
     """True when the pod ran to its end and was not disrupted: it can decide its Job."""
     phase = (pod.get("status") or {}).get("phase")
-    return phase in _TERMINAL_PHASES and _condition(pod, "DisruptionTarget") is None
+    return phase in _TERMINAL_PHASES and condition(pod, "DisruptionTarget") is None
 
 
 def deciding_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -183,7 +185,7 @@ def not_created_message(events: Sequence[Mapping[str, Any]]) -> str | None:
     if not failed:
         return None
     newest = max(failed, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-    return _one_line(str(newest.get("message") or "FailedCreate"))
+    return one_line(str(newest.get("message") or "FailedCreate"))
 
 
 def judge_not_created(events: Sequence[Mapping[str, Any]]) -> Verdict | None:
@@ -219,6 +221,11 @@ def not_created_error(message: str) -> str:
     return "the pod could not be created: the cluster refused it (the Job's events say why)"
 
 
+def judge_not_admitted(reason: str) -> Verdict:
+    """The verdict on a task Kueue can never admit as things stand, with Kueue's reason."""
+    return Verdict(Outcome.NOT_ADMITTED, None, None, f"Kueue cannot admit the task: {reason}")
+
+
 def judge_queue_timeout(waited_seconds: int, why: str | None) -> Verdict:
     """The verdict on a task that waited its whole QUEUE_TIMEOUT_SECONDS for room."""
     detail = f": {why}" if why else ""
@@ -234,21 +241,10 @@ def judge_stuck(pod: Mapping[str, Any], stuck: Stuck) -> Verdict:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _condition(
-    obj: Mapping[str, Any], kind: str, *, status: str = "True"
-) -> Mapping[str, Any] | None:
-    """The object's condition of type ``kind`` with the given status, if any."""
-    conditions: Sequence[Mapping[str, Any]] = (obj.get("status") or {}).get("conditions") or ()
-    for condition in conditions:
-        if condition.get("type") == kind and condition.get("status") == status:
-            return condition
-    return None
-
-
 def _container_stuck(pod: Mapping[str, Any], container: Mapping[str, Any]) -> Stuck | None:
     waiting = (container.get("state") or {}).get("waiting") or {}
     reason = waiting.get("reason")
-    detail = _one_line(waiting.get("message") or reason or "")
+    detail = one_line(waiting.get("message") or reason or "")
     if reason in _IMAGE_PULL_REASONS:
         image = container.get("image") or _spec_image(pod, container.get("name"))
         return Stuck(Outcome.IMAGE_PULL_FAILED, f"image '{image}' could not be pulled: {detail}")
@@ -294,9 +290,9 @@ def _terminated(pod: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 
 def _lost_error(job: Mapping[str, Any]) -> str:
-    condition = _condition(job, "Failed") or _condition(job, "Complete") or {}
+    ended = condition(job, "Failed") or condition(job, "Complete") or {}
     detail = ": ".join(
-        _one_line(str(part)) for part in (condition.get("reason"), condition.get("message")) if part
+        one_line(str(part)) for part in (ended.get("reason"), ended.get("message")) if part
     )
     suffix = f" ({detail})" if detail else ""
     return f"the job ended without a container result{suffix}"
@@ -317,7 +313,3 @@ def _age_key(pod: Mapping[str, Any]) -> tuple[datetime, str]:
 
 def _name(pod: Mapping[str, Any] | None) -> str | None:
     return None if pod is None else (pod.get("metadata") or {}).get("name")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

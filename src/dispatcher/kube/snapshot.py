@@ -34,17 +34,20 @@ def job_snapshot(job: Mapping[str, Any]) -> KubeObject:
     status = job.get("status") or {}
     slim_spec: KubeObject = {
         key: spec[key]
-        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished")
+        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend")
         if key in spec
     }
     if "activeDeadlineSeconds" in pod_spec:
         slim_spec["template"] = {
             "spec": {"activeDeadlineSeconds": pod_spec["activeDeadlineSeconds"]}
         }
+    slim_status: KubeObject = _pick(status, ("startTime",))
+    if status.get("conditions"):
+        slim_status["conditions"] = _conditions(status)
     return {
         "metadata": _pick(job.get("metadata") or {}, _JOB_METADATA),
         "spec": slim_spec,
-        "status": {"conditions": _conditions(status)} if status.get("conditions") else {},
+        "status": slim_status,
     }
 
 

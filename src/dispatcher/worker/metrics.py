@@ -45,7 +45,7 @@ class Metrics:
         )
         self.jobs_waiting = Gauge(
             "dispatcher_jobs_waiting_for_room",
-            "Jobs whose pod has no node yet: queued for room in the cluster.",
+            "Jobs whose pod has no node yet: queued for room in the cluster, or for Kueue.",
             registry=r,
         )
         self.max_active_jobs = Gauge(
@@ -93,6 +93,14 @@ class Metrics:
             "Messages on the internal queue dropped unrun: their seal was missing or wrong (not "
             "sent by a worker of this dispatcher).",
             ["task"],
+            registry=r,
+        )
+        self.kueue_evictions = Counter(
+            "dispatcher_kueue_evictions",
+            "Jobs Kueue evicted while admitted (suspended again, their pod removed), by Kueue's "
+            "reason (Preempted, PodsReadyTimeout, ClusterQueueStopped, ...); each waits to be "
+            "admitted again and is not answered for it.",
+            ["reason"],
             registry=r,
         )
         self.watch_restarts = Counter(

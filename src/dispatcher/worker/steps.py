@@ -1,10 +1,11 @@
 """Worker bootsteps: the shared watches, and the health and metrics server.
 
-The watches — over the dispatcher's Jobs, over their Pods, and over the namespace's FailedCreate
-Events of Jobs — run in daemon threads for the life of the worker (independent of broker
-reconnects) and feed the `Reactor`, which queues `dispatcher.finalize` when a Job ends, its pod
-is stuck, or its pod cannot be created; a sweep thread asks the reactor every few seconds for the
-Jobs that waited their queue timeout for room.
+The watches — over the dispatcher's Jobs, over their Pods, over the namespace's FailedCreate
+Events of Jobs, and with Kueue over the namespace's Workloads — run in daemon threads for the
+life of the worker (independent of broker reconnects) and feed the `Reactor`, which queues
+`dispatcher.finalize` when a Job ends, its pod is stuck, its pod cannot be created, or Kueue can
+never admit it; a sweep thread asks the reactor every few seconds for the Jobs that waited their
+queue timeout for room.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
@@ -19,7 +21,7 @@ from celery import bootsteps
 from dispatcher.amqp.topology import FINALIZE_TASK
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import label_selector
-from dispatcher.kube.watcher import Watcher
+from dispatcher.kube.watcher import Handler, Watcher
 from dispatcher.worker.health import HealthServer
 
 log = logging.getLogger(__name__)
@@ -78,16 +80,22 @@ class JobWatchStep(bootsteps.StartStopStep):
             queue_timeout_seconds=settings.queue_timeout_seconds,
             on_job_seen=runtime.admission.settled,
             on_started=runtime.progress.running if runtime.progress.enabled else None,
+            on_evicted=lambda name, reason, message: runtime.metrics.kueue_evictions.labels(
+                reason
+            ).inc(),
         )
         runtime.reactor = reactor
         runtime.metrics.track_jobs(reactor.active_jobs, reactor.waiting_jobs)
         selector = label_selector(settings.dispatcher_name)
         restarts = runtime.metrics.watch_restarts
-        watches = (  # the pods first: see _run_after
+        watches: list[tuple[str, str, str, Handler, Callable[[set[str]], None] | None]] = [
+            # the pods first: see _run_after
             ("pods", selector, "", reactor.on_pod, None),
             ("events", "", FAILED_CREATE_EVENTS, reactor.on_event, None),
             ("jobs", selector, "", reactor.on_job, reactor.jobs_listed),
-        )
+        ]
+        if settings.kueue_local_queue:  # Kueue's Workloads of the namespace: see on_workload
+            watches.append(("workloads", "", "", reactor.on_workload, None))
         for kind, labels, fields, handler, on_listed in watches:
 
             def count_restart(reason: str, kind: str = kind) -> None:
