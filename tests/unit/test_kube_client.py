@@ -92,3 +92,39 @@ def test_a_list_hands_on_each_page_as_it_arrives() -> None:
     ]
     assert counted == [("list", "jobs")] * 3
     assert json.dumps(seen)  # plain JSON dicts
+
+
+def discovery(served: bool) -> KubeClient:
+    """An API server with Kueue's API served or not, and one LocalQueue `team-a`."""
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        path = request.url.path
+        if not served:
+            return httpx2.Response(404, text="404 page not found")
+        if path == "/apis/kueue.x-k8s.io/v1beta2":
+            resources = [{"name": "workloads"}, {"name": "localqueues"}]
+            return httpx2.Response(200, json={"kind": "APIResourceList", "resources": resources})
+        if path == "/apis/kueue.x-k8s.io/v1beta2/namespaces/ns/localqueues/team-a":
+            return httpx2.Response(200, json={"metadata": {"name": "team-a"}})
+        return httpx2.Response(404, json={"kind": "Status", "message": "not found"})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(answer), base_url="https://api.test")
+    return KubeClient(http, "ns")
+
+
+def test_kueue_is_served_only_when_discovery_lists_the_resource() -> None:
+    counted: list[tuple[str, str]] = []
+    kube = discovery(served=True)
+    kube.on_request = lambda verb, resource, _: counted.append((verb, resource))
+
+    assert kube.serves("workloads") is True
+    assert counted == [("get", "discovery")]
+    assert discovery(served=True).serves("localqueues") is True
+    assert discovery(served=False).serves("workloads") is False
+
+
+def test_a_local_queue_is_read_by_name_and_a_missing_one_is_none() -> None:
+    kube = discovery(served=True)
+
+    assert kube.get_object("localqueues", "team-a") == {"metadata": {"name": "team-a"}}
+    assert kube.get_object("localqueues", "team-b") is None

@@ -93,7 +93,9 @@ API server answers it."""
 def _classify(method: str, path: str, params: Mapping[str, str] | None) -> tuple[str, str]:
     """The verb and resource of a request to one of `KubeClient._path`'s paths."""
     parts = path.split("/")
-    resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts else "?"
+    if "namespaces" not in parts:
+        return "get", "discovery"  # an API group's list of resources (`serves`)
+    resource = parts[parts.index("namespaces") + 2]
     named = len(parts) > parts.index(resource) + 1 if resource in parts else False
     if path.endswith("/log"):
         return "log", resource
