@@ -9,6 +9,8 @@
 - memory: worker resident memory while many Jobs run (no slot or thread is held per Job).
 - burst:  500 x `sleep 5` at once with default settings, 25 times what the node runs at once:
           answered / wrong / duplicates, makespan against the ideal, submit and create rates.
+- kueue:  300 x `sleep 5` with and without Kueue deciding (a ClusterQueue whose quota is the
+          node; run `make kueue-up` first): what Kueue's admission costs per wave.
 
 Every load is bounded in count and time and goes only to the local stack.
 """
@@ -39,6 +41,7 @@ from tests.support.stack import (
     Instance,
     ResponseCollector,
     Worker,
+    kubectl,
     running,
     stack_env,
 )
@@ -284,18 +287,90 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
     )
 
 
+def bench_kueue(count: int = 300, seconds: float = 5.0) -> None:
+    """The same burst with and without Kueue deciding (needs `make kueue-up`): a ClusterQueue
+    whose cpu quota is what the node holds, MAX_ACTIVE_JOBS=0, against the default settings."""
+    slots = node_slots("100m")
+    objects = kueue_queue("bench-kueue", f"{slots * 100}m")
+    listed = json.dumps({"kind": "List", "apiVersion": "v1", "items": objects})
+    kubectl("apply", "-f", "-", input=listed)
+    rows = []
+    try:
+        for label, extra in (
+            ("default settings (MAX_ACTIVE_JOBS=100)", {}),
+            (
+                "Kueue decides (MAX_ACTIVE_JOBS=0)",
+                {"KUEUE_LOCAL_QUEUE": "bench-kueue", "MAX_ACTIVE_JOBS": "0"},
+            ),
+        ):
+            instance = Instance(extra=extra)
+            with running(instance, LOG_DIR) as (broker, _), JobMonitor(instance.env()) as jobs:
+                alone = run_burst(broker, 1, seconds, timeout=120)
+                result = run_burst(broker, count, seconds, timeout=1800)
+            ideal = ideal_makespan(count, slots, seconds, alone.makespan - seconds)
+            rows.append(
+                [
+                    label,
+                    f"{result.answered} / {len(result.wrong)} / {result.duplicates} / "
+                    f"{len(result.lost)}",
+                    f"{alone.makespan:.1f} s",
+                    f"{result.makespan:.1f} s",
+                    f"{result.makespan / ideal:.2f}",
+                    jobs.max_jobs,
+                ]
+            )
+    finally:
+        kubectl("delete", "--ignore-not-found", "-f", "-", input=listed)
+    table(
+        f"kueue: {count} x `sleep {seconds:g}` at once, {slots} at a time "
+        "(ClusterQueue quota = the node)",
+        [
+            "settings",
+            "answered / wrong / dup / lost",
+            "one task alone",
+            "makespan",
+            "/ ideal",
+            "most Jobs at once",
+        ],
+        rows,
+    )
+
+
+def kueue_queue(name: str, cpu: str) -> list[dict[str, object]]:
+    """A ResourceFlavor, a ClusterQueue with `cpu` of quota, and its LocalQueue `name`."""
+    quota = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"}]
+    group = {"coveredResources": ["cpu", "memory"], "flavors": [{"name": name, "resources": quota}]}
+    api = "kueue.x-k8s.io/v1beta2"
+    return [
+        {"apiVersion": api, "kind": "ResourceFlavor", "metadata": {"name": name}},
+        {
+            "apiVersion": api,
+            "kind": "ClusterQueue",
+            "metadata": {"name": name},
+            "spec": {"namespaceSelector": {}, "resourceGroups": [group]},
+        },
+        {
+            "apiVersion": api,
+            "kind": "LocalQueue",
+            "metadata": {"name": name, "namespace": "dispatcher"},
+            "spec": {"clusterQueue": name},
+        },
+    ]
+
+
 BENCHES = {
     "parse": bench_parse,
     "intake": bench_intake,
     "e2e": bench_e2e,
     "memory": bench_memory,
     "burst": bench_burst,
+    "kueue": bench_kueue,
 }
 
 
 def main(argv: list[str]) -> None:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    for name in argv or list(BENCHES):
+    for name in argv or [name for name in BENCHES if name != "kueue"]:  # kueue: make kueue-up
         BENCHES[name]()
 
 

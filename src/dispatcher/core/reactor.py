@@ -9,6 +9,10 @@ stuck: `sweep` asks for a finalize when a Job has waited `queue_timeout_seconds`
 getting a node. Finalize itself is idempotent and guarded
 by a claim on the Job, so other replicas or a restarted process asking again is harmless.
 
+With Kueue, a suspended Job waits for admission: it is queued, never swept for its queue timeout
+(which counts from its admission), and `on_workload` hands a Job that Kueue can never admit to
+finalize after the grace period.
+
 The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
 with what the API server holds, so a missed deletion cannot keep a Job counted forever.
 
