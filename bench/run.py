@@ -316,7 +316,7 @@ def bench_kueue(count: int = 300, seconds: float = 5.0) -> None:
                     f"{alone.makespan:.1f} s",
                     f"{result.makespan:.1f} s",
                     f"{result.makespan / ideal:.2f}",
-                    jobs.max_jobs,
+                    jobs.max_active,
                 ]
             )
     finally:
@@ -330,7 +330,7 @@ def bench_kueue(count: int = 300, seconds: float = 5.0) -> None:
             "one task alone",
             "makespan",
             "/ ideal",
-            "most Jobs at once",
+            "most Jobs not ended at once",
         ],
         rows,
     )
