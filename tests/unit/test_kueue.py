@@ -180,6 +180,35 @@ def test_a_job_kueue_can_never_admit_is_handed_to_finalize_once_after_the_grace(
     assert requests == [FinalizeRequest("t-1", job["metadata"]["uid"], 30, "not admitted by Kueue")]
 
 
+def test_a_workload_seen_before_its_job_is_answered_once_the_job_is_seen() -> None:
+    kube = FakeKube()
+    job = suspended_job(kube)
+    react, requests, _ = kueue_reactor()
+
+    react.on_workload("ADDED", workload_for(job, pending("LocalQueue team-a doesn't exist")))
+    assert requests == []
+    react.on_job("ADDED", job)
+
+    assert requests == [FinalizeRequest("t-1", job["metadata"]["uid"], 30, "not admitted by Kueue")]
+
+
+def test_a_workload_of_a_job_never_seen_is_forgotten_when_it_goes_or_at_the_next_list() -> None:
+    kube = FakeKube()
+    foreign, other = suspended_job(kube), suspended_job(FakeKube())
+    other["metadata"]["uid"] = "someone-else"
+    react, requests, _ = kueue_reactor()
+    never = pending("LocalQueue team-a doesn't exist")
+
+    react.on_workload("ADDED", workload_for(foreign, never))
+    react.on_workload("ADDED", workload_for(other, never))
+    react.on_workload("DELETED", workload_for(foreign, never))
+    assert react.remembered() == 1
+    react.jobs_listed(set())
+
+    assert react.remembered() == 0
+    assert requests == []
+
+
 def test_a_workload_waiting_for_quota_or_of_another_job_asks_for_nothing() -> None:
     kube = FakeKube()
     job = suspended_job(kube)

@@ -96,6 +96,9 @@ class Reactor:
         self._suspended: set[str] = set()  # Job uids waiting for Kueue to admit them
         self._not_admitted: set[str] = set()  # Job uids Kueue cannot admit (grace running)
         self._evictions: dict[str, str] = {}  # Job uid -> when its last eviction was told
+        # Job uid -> name: Kueue can never admit it, but its Job was not seen yet (the two
+        # watches are separate streams); handed to finalize when the Job is
+        self._early: dict[str, str] = {}
 
     # -- what is active -------------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class Reactor:
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
-            for held in (self._ended_pods, self._evictions):
+            for held in (self._ended_pods, self._evictions, self._early):
                 for uid in held.keys() - present:
                     del held[uid]
             for seen in self._job_sets():
@@ -125,7 +128,9 @@ class Reactor:
     def remembered(self) -> int:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
-            held = set(self._active).union(*self._job_sets(), self._ended_pods, self._evictions)
+            held = set(self._active).union(
+                *self._job_sets(), self._ended_pods, self._evictions, self._early
+            )
             return len(held)
 
     def _job_sets(self) -> tuple[set[str], ...]:
@@ -191,12 +196,15 @@ class Reactor:
             known = self._active.get(uid)
             if known is None or known.since != since:
                 self._active[uid] = _Active(name, since)
+            early = self._early.pop(uid, None)
             if suspended:
                 self._suspended.add(uid)
                 self._started.discard(uid)
             else:
                 self._suspended.discard(uid)
                 self._not_admitted.discard(uid)
+        if early is not None and suspended:
+            self._not_admissible(name, uid)
 
     def _end(self, uid: str) -> None:
         with self._lock:
@@ -205,6 +213,7 @@ class Reactor:
                 seen.discard(uid)
             self._ended_pods.pop(uid, None)
             self._evictions.pop(uid, None)
+            self._early.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
         with self._lock:
@@ -213,6 +222,7 @@ class Reactor:
             self._active.pop(uid, None)
             self._ended_pods.pop(uid, None)
             self._evictions.pop(uid, None)
+            self._early.pop(uid, None)
 
     def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
         """Schedule `request` unless `key` was already scheduled; forget `key` again when
@@ -254,21 +264,30 @@ class Reactor:
         cannot admit as things stand is handed to finalize after the grace period (finalize
         looks again before answering); an eviction (a preemption) is told once."""
         owner = kueue.owner_job(workload)
-        if event_type == "DELETED" or owner is None:
+        if owner is None:
             return
         name, uid = owner
+        problem = None if event_type == "DELETED" else kueue.never_admitted(workload)
         with self._lock:
-            if uid not in self._active:
-                return  # not one of ours, or already ended
+            if uid not in self._active:  # not one of ours, ended, or its Job not seen yet
+                if problem is None:
+                    self._early.pop(uid, None)
+                else:
+                    self._early[uid] = name
+                return
+        if event_type == "DELETED":
+            return
         evicted = kueue.evicted(workload)
         if evicted is not None:
             self._evicted(name, uid, workload, *evicted)
-        problem = kueue.never_admitted(workload)
         if problem is None:
             with self._lock:
                 self._not_admitted.discard(uid)
             return
         log.info("Kueue cannot admit Job %s: %s", name, problem)
+        self._not_admissible(name, uid)
+
+    def _not_admissible(self, name: str, uid: str) -> None:
         request = FinalizeRequest(name, uid, self._grace, "not admitted by Kueue")
         self._once(self._not_admitted, uid, request)
 
