@@ -31,13 +31,18 @@ serving_cert() {  # the webhook server's key pair, signed by the stack's CA, for
 }
 
 # With its own certificate management off, Kueue's manager reads the certificate of its metrics
-# server from a fixed path, even with that server off; it gets the webhook's. The directory is
-# made here, noted, and removed again by `down` (and by stack/down.sh).
+# server from a fixed path, even with that server off; it gets the webhook's. /etc/kueue is made
+# here and noted (in $STACK_STATE, which outlives a reboot as /etc does), and removed again by
+# `down` and stack/down.sh; an /etc/kueue the stack did not make is never written to.
 METRICS_CERTS=/etc/kueue/metrics/certs
 metrics_cert() {
-  if [ ! -d /etc/kueue ]; then mkdir -p "$METRICS_CERTS"; touch "$STACK_RUN/kueue-made-etc"; fi
-  install -m 600 "$CERTS/tls.key" "$METRICS_CERTS/tls.key"
-  install -m 644 "$CERTS/tls.crt" "$METRICS_CERTS/tls.crt"
+  if [ -e /etc/kueue ] && [ ! -f "$KUEUE_ETC_MARK" ]; then
+    echo "kueue: /etc/kueue exists and was not made by this stack; not touching it" >&2
+    exit 1
+  fi
+  mkdir -p "$(dirname "$KUEUE_ETC_MARK")"; touch "$KUEUE_ETC_MARK"
+  install -D -m 600 "$CERTS/tls.key" "$METRICS_CERTS/tls.key"
+  install -D -m 644 "$CERTS/tls.crt" "$METRICS_CERTS/tls.crt"
 }
 
 write_config() {

@@ -104,9 +104,10 @@ stop_component() {
   rm -f "$f"
 }
 
-# forget_metrics_cert: remove the directory stack/kueue.sh made for Kueue's metrics certificate.
+# forget_metrics_cert: remove the /etc/kueue that stack/kueue.sh made (and only that one).
+KUEUE_ETC_MARK=$STACK_STATE/kueue-made-etc-kueue
 forget_metrics_cert() {
-  if [ -f "$STACK_RUN/kueue-made-etc" ]; then rm -rf /etc/kueue; rm -f "$STACK_RUN/kueue-made-etc"; fi
+  if [ -f "$KUEUE_ETC_MARK" ]; then rm -rf /etc/kueue; rm -f "$KUEUE_ETC_MARK"; fi
 }
 
 rabbitmq_env() {

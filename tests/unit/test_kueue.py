@@ -24,6 +24,7 @@ from tests.unit.fakes import (
     NAMESPACE,
     SETTINGS,
     T0,
+    T1,
     TASK,
     FakeKube,
     FakePublisher,
@@ -48,6 +49,12 @@ NEVER_FITS = (
     "previously considered podsets requests (0) + current podset request (4) > maximum "
     "capacity (2)"
 )
+NEVER_FITS_BIG = (
+    "insufficient quota for cpu in flavor big, previously considered podsets requests (0) + "
+    "current podset request (4) > maximum capacity (3)"
+)
+USED_UP_BIG = "insufficient unused quota for cpu in flavor big, 3 more needed"
+NO_MEMORY = "couldn't assign flavors to pod set main: resource memory unavailable in ClusterQueue"
 USED_UP = (
     "couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor "
     "default, 100m more needed"
@@ -100,6 +107,12 @@ def test_without_kueue_the_job_is_neither_suspended_nor_labelled_for_it() -> Non
         pytest.param([pending("The ClusterQueue is stopped")], True, None, id="stopped-queue"),
         pytest.param([pending("a message from a newer Kueue")], True, None, id="unknown-text"),
         pytest.param([], True, None, id="nothing-said-yet"),
+        pytest.param([pending(f"{NEVER_FITS}, {USED_UP_BIG}", "Pending")], True, None,
+                     id="one-flavor-too-small-another-used-up"),
+        pytest.param([pending(f"{NEVER_FITS}, {NEVER_FITS_BIG}", "Pending")], True,
+                     f"{NEVER_FITS}, {NEVER_FITS_BIG}", id="every-flavor-too-small"),
+        pytest.param([pending(NO_MEMORY, "Pending")], True, NO_MEMORY,
+                     id="no-quota-for-a-resource"),
         pytest.param([condition("QuotaReserved"), condition("Admitted")], True, None,
                      id="admitted"),
         pytest.param(
@@ -168,6 +181,64 @@ def test_a_suspended_job_waits_past_its_queue_timeout_and_the_clock_starts_at_ad
     assert requests == [FinalizeRequest("t-1", job["metadata"]["uid"], 0.0, "queue timeout")]
 
 
+def test_a_just_admitted_job_without_its_start_time_yet_is_not_swept() -> None:
+    kube = FakeKube()
+    suspended_job(kube)
+    react, requests, _ = kueue_reactor(queue_timeout=60)
+    react.on_job("ADDED", kube.set_suspend("t-1", False))  # startTime not set yet
+
+    react.sweep(at(T0) + 7200)
+
+    assert requests == []
+
+
+def test_a_job_admitted_again_after_a_preemption_gets_a_new_queue_timeout() -> None:
+    kube = FakeKube()
+    job = suspended_job(kube)
+    uid = job["metadata"]["uid"]
+    react, requests, _ = kueue_reactor(queue_timeout=60)
+    react.on_job("ADDED", kube.set_suspend("t-1", False, start_time=T0))
+    react.sweep(at(T0) + 60)  # no node for 60 s: asked (finalize may find it started since)
+    react.on_job("MODIFIED", kube.set_suspend("t-1", True))
+    react.on_job("MODIFIED", kube.set_suspend("t-1", False, start_time="2025-01-10T11:00:00Z"))
+    react.sweep(at("2025-01-10T11:01:00Z"))
+
+    assert requests == [FinalizeRequest("t-1", uid, 0.0, "queue timeout")] * 2
+
+
+def test_a_job_kueue_still_cannot_admit_is_asked_about_again_now_and_then() -> None:
+    kube = FakeKube()
+    job = suspended_job(kube)
+    uid = job["metadata"]["uid"]
+    clock = [at(T0)]
+    requests: list[FinalizeRequest] = []
+    react = Reactor(requests.append, stuck_grace_seconds=30, clock=lambda: clock[0])
+    react.on_job("ADDED", job)
+    react.on_workload("MODIFIED", workload_for(job, pending(NEVER_FITS, "Pending")))
+
+    react.sweep(at(T0) + 299)
+    react.sweep(at(T0) + 300)  # still not answered (e.g. a pod was still terminating)
+    react.sweep(at(T0) + 301)
+    react.on_job("MODIFIED", kube.set_suspend("t-1", False, start_time=T1))  # admitted after all
+    react.sweep(at(T0) + 900)
+
+    assert [r.why for r in requests] == ["not admitted by Kueue"] * 2
+    assert requests[1] == FinalizeRequest("t-1", uid, 0.0, "not admitted by Kueue")
+
+
+def test_a_pod_being_removed_does_not_count_its_job_as_started() -> None:
+    kube = FakeKube()
+    react, _, _ = kueue_reactor()
+    job = kube.set_suspend(suspended_job(kube)["metadata"]["name"], True)
+    react.on_job("MODIFIED", job)
+    going = make_pod(job, phase="Running", state={"running": {}})
+    going["metadata"]["deletionTimestamp"] = T1
+
+    react.on_pod("MODIFIED", going)
+
+    assert react.waiting_jobs() == 1
+
+
 def test_a_job_kueue_can_never_admit_is_handed_to_finalize_once_after_the_grace() -> None:
     kube = FakeKube()
     job = suspended_job(kube)
@@ -203,7 +274,9 @@ def test_a_workload_of_a_job_never_seen_is_forgotten_when_it_goes_or_at_the_next
     react.on_workload("ADDED", workload_for(other, never))
     react.on_workload("DELETED", workload_for(foreign, never))
     assert react.remembered() == 1
-    react.jobs_listed(set())
+    react.jobs_listed(set())  # a Jobs list made before the Job existed forgets nothing
+    assert react.remembered() == 1
+    react.workloads_listed(set())
 
     assert react.remembered() == 0
     assert requests == []
@@ -370,3 +443,12 @@ def test_an_existing_local_queue_passes_and_without_kueue_nothing_is_asked() -> 
     assert check_kueue(cluster, KUEUE) is None
     assert check_kueue(cluster, SETTINGS) is None
     assert cluster.asked == ["serves workloads", "get localqueues team-a"]
+
+
+def test_a_task_kueue_admitted_a_moment_ago_is_not_answered_for_its_queue_timeout() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    suspended_job(kube)
+    job = kube.set_suspend("t-1", False)  # two hours after creation, no startTime yet
+
+    assert run(kube, publisher, job, KUEUE).state is Finalized.RUNNING
+    assert publisher.responses == []

@@ -367,6 +367,8 @@ def _queue_timeout(
 ) -> Verdict | None:
     """Answer a Job whose pod never got a node within QUEUE_TIMEOUT_SECONDS, else None."""
     limit = ctx.settings.queue_timeout_seconds
+    if kueue.just_admitted(job):  # admitted by Kueue a moment ago: its timeout has not begun
+        return None
     age = _age(job, now, since=kueue.admitted_at(job))
     if limit <= 0 or age is None or age < limit:
         return None

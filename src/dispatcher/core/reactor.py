@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,10 @@ from dispatcher.kube.outcome import job_finished, pod_ended, pod_started, pod_st
 from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 
 log = logging.getLogger(__name__)
+
+REASK_SECONDS = 300.0
+"""A Job Kueue still cannot admit this long after finalize was asked is asked about again (or
+after the grace period, when that is longer)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Reactor:
         on_job_seen: Callable[[str], None] | None = None,
         on_started: Callable[[dict[str, Any]], None] | None = None,
         on_evicted: Callable[[str, str, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
@@ -85,6 +91,8 @@ class Reactor:
         self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
         # Kueue evicted a Job's Workload: (Job name, reason, message)
         self._on_evicted = on_evicted or (lambda name, reason, message: None)
+        self._clock = clock
+        self._reask = max(stuck_grace_seconds, REASK_SECONDS)
         self._lock = threading.Lock()
         self._finishing: set[str] = set()  # Job uids already handed to finalize
         self._stuck: set[str] = set()  # Pod uids whose grace period is running
@@ -93,12 +101,16 @@ class Reactor:
         self._active: dict[str, _Active] = {}  # Job uid -> Job seen and not yet ended
         self._started: set[str] = set()  # Job uids with a pod that has a node
         self._ended_pods: dict[str, dict[str, Any]] = {}  # Job uid -> its pod that ended
-        self._suspended: set[str] = set()  # Job uids waiting for Kueue to admit them
-        self._not_admitted: set[str] = set()  # Job uids Kueue cannot admit (grace running)
+        # Job uids whose queue timeout has not begun: suspended (waiting for Kueue), or just
+        # admitted with no startTime yet
+        self._suspended: set[str] = set()
+        # Job uid -> when finalize was last asked: Kueue can never admit it (asked again now
+        # and then while that holds, in case an answer did not come of it)
+        self._not_admitted: dict[str, float] = {}
         self._evictions: dict[str, str] = {}  # Job uid -> when its last eviction was told
-        # Job uid -> name: Kueue can never admit it, but its Job was not seen yet (the two
-        # watches are separate streams); handed to finalize when the Job is
-        self._early: dict[str, str] = {}
+        # Job uid -> (name, Workload uid): Kueue can never admit it, but its Job was not seen
+        # yet (the watches are separate streams); handed to finalize when the Job is
+        self._early: dict[str, tuple[str, str]] = {}
 
     # -- what is active -------------------------------------------------------------------------
 
@@ -119,7 +131,7 @@ class Reactor:
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
-            for held in (self._ended_pods, self._evictions, self._early):
+            for held in (self._ended_pods, self._evictions, self._not_admitted):
                 for uid in held.keys() - present:
                     del held[uid]
             for seen in self._job_sets():
@@ -129,7 +141,11 @@ class Reactor:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
             held = set(self._active).union(
-                *self._job_sets(), self._ended_pods, self._evictions, self._early
+                *self._job_sets(),
+                self._ended_pods,
+                self._evictions,
+                self._not_admitted,
+                self._early,
             )
             return len(held)
 
@@ -141,7 +157,6 @@ class Reactor:
             self._timed_out,
             self._started,
             self._suspended,
-            self._not_admitted,
         )
 
     # -- Jobs -----------------------------------------------------------------------------------
@@ -192,37 +207,40 @@ class Reactor:
         a Job suspended again was evicted — preempted — and has no pod on a node any more."""
         since = _since(job)
         suspended = kueue.suspended(job)
+        held = suspended or kueue.just_admitted(job)
         with self._lock:
             known = self._active.get(uid)
             if known is None or known.since != since:
                 self._active[uid] = _Active(name, since)
+                if known is not None:  # admitted again (after a preemption): a new timeout
+                    self._timed_out.discard(uid)
             early = self._early.pop(uid, None)
-            if suspended:
+            if held:
                 self._suspended.add(uid)
-                self._started.discard(uid)
             else:
                 self._suspended.discard(uid)
-                self._not_admitted.discard(uid)
+            if suspended:
+                self._started.discard(uid)
+            else:
+                self._not_admitted.pop(uid, None)
         if early is not None and suspended:
             self._not_admissible(name, uid)
 
     def _end(self, uid: str) -> None:
         with self._lock:
             self._active.pop(uid, None)
-            for seen in (self._started, self._suspended, self._not_admitted):
+            for seen in (self._started, self._suspended):
                 seen.discard(uid)
-            self._ended_pods.pop(uid, None)
-            self._evictions.pop(uid, None)
-            self._early.pop(uid, None)
+            for held in (self._ended_pods, self._evictions, self._not_admitted, self._early):
+                held.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
         with self._lock:
             for seen in self._job_sets():
                 seen.discard(uid)
             self._active.pop(uid, None)
-            self._ended_pods.pop(uid, None)
-            self._evictions.pop(uid, None)
-            self._early.pop(uid, None)
+            for held in (self._ended_pods, self._evictions, self._not_admitted, self._early):
+                held.pop(uid, None)
 
     def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
         """Schedule `request` unless `key` was already scheduled; forget `key` again when
@@ -241,7 +259,9 @@ class Reactor:
     # -- queue timeout --------------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Ask for a finalize of every Job that waited its queue timeout without a node."""
+        """Ask for a finalize of every Job that waited its queue timeout without a node, and
+        again for the Jobs Kueue still cannot admit that were asked for long ago."""
+        self._reask_not_admitted(now)
         if self._queue_timeout <= 0:
             return
         with self._lock:
@@ -256,6 +276,19 @@ class Reactor:
         for uid, active in overdue:
             request = FinalizeRequest(active.name, uid, 0.0, "queue timeout")
             self._once(self._timed_out, uid, request)
+
+    def _reask_not_admitted(self, now: float) -> None:
+        with self._lock:
+            due = [
+                (uid, self._active[uid].name)
+                for uid, asked in self._not_admitted.items()
+                if now - asked >= self._reask and uid in self._active and uid in self._suspended
+            ]
+        for uid, name in due:
+            self._schedule(FinalizeRequest(name, uid, 0.0, "not admitted by Kueue"))
+            with self._lock:
+                if uid in self._not_admitted:
+                    self._not_admitted[uid] = now
 
     # -- Kueue Workloads ------------------------------------------------------------------------
 
@@ -273,7 +306,7 @@ class Reactor:
                 if problem is None:
                     self._early.pop(uid, None)
                 else:
-                    self._early[uid] = name
+                    self._early[uid] = (name, workload.get("metadata", {}).get("uid", ""))
                 return
         if event_type == "DELETED":
             return
@@ -282,14 +315,32 @@ class Reactor:
             self._evicted(name, uid, workload, *evicted)
         if problem is None:
             with self._lock:
-                self._not_admitted.discard(uid)
+                self._not_admitted.pop(uid, None)
             return
         log.info("Kueue cannot admit Job %s: %s", name, problem)
         self._not_admissible(name, uid)
 
+    def workloads_listed(self, present: set[str]) -> None:
+        """After a (re-)list of the Workloads, with their uids: forget the early ones that are
+        gone (Jobs of other installations; ours are taken when their Job is seen)."""
+        with self._lock:
+            for uid, (_, workload_uid) in list(self._early.items()):
+                if workload_uid not in present:
+                    del self._early[uid]
+
     def _not_admissible(self, name: str, uid: str) -> None:
-        request = FinalizeRequest(name, uid, self._grace, "not admitted by Kueue")
-        self._once(self._not_admitted, uid, request)
+        """Ask for a finalize after the grace period, once (the sweep asks again later while
+        Kueue still cannot admit the Job)."""
+        with self._lock:
+            if uid in self._not_admitted:
+                return
+            self._not_admitted[uid] = self._clock()
+        try:
+            self._schedule(FinalizeRequest(name, uid, self._grace, "not admitted by Kueue"))
+        except BaseException:
+            with self._lock:
+                self._not_admitted.pop(uid, None)
+            raise
 
     def _evicted(
         self, name: str, uid: str, workload: dict[str, Any], reason: str, message: str
@@ -336,7 +387,7 @@ class Reactor:
             with self._lock:
                 if job_uid not in self._finishing:
                     self._ended_pods[job_uid] = pod_snapshot(pod)
-        if pod_started(pod):
+        if pod_started(pod) and not meta.get("deletionTimestamp"):  # (a preempted pod going)
             with self._lock:
                 first = job_uid not in self._started
                 self._started.add(job_uid)

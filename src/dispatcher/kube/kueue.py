@@ -8,10 +8,11 @@ reason, after the grace period (``IMAGE_PULL_GRACE_SECONDS``):
 
 - its LocalQueue or ClusterQueue does not exist
   (``LocalQueue team-a doesn't exist``, ``ClusterQueue cq doesn't exist``);
-- it asks for more than the ClusterQueue could ever give, borrowing included
+- it asks for more than the ClusterQueue could ever give, borrowing included, in every flavor
   (``couldn't assign flavors to pod set main: insufficient quota for cpu in flavor default,
   previously considered podsets requests (0) + current podset request (4) > maximum capacity
-  (2)``);
+  (2)``), or for a resource the ClusterQueue has no quota for at all (``resource memory
+  unavailable in ClusterQueue``);
 - Kueue deactivated its Workload (an administrator set ``active: false``, or it was evicted
   more often than the ClusterQueue's requeueing allows).
 
@@ -27,18 +28,39 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from dispatcher.kube.conventions import KUEUE_QUEUE_LABEL
 from dispatcher.kube.objects import condition, one_line
 
-_NEVER: Final = (
-    re.compile(r"^(LocalQueue|ClusterQueue) \S+ doesn't exist$"),
-    re.compile(r"insufficient quota for \S+ in flavor \S+, .*> maximum capacity"),
+_NO_QUEUE: Final = re.compile(r"^(LocalQueue|ClusterQueue) \S+ doesn't exist$")
+_FLAVORS: Final = re.compile(r"^couldn't assign flavors to pod set [^:]+: (?P<reasons>.+)$")
+_REASON_START: Final = re.compile(
+    r", (?=insufficient |resource |flavor |untolerated |could not |couldn't )"
 )
-"""Inadmissible messages that no amount of waiting cures."""
+"""Where one flavor's reason ends and the next begins (Kueue joins them with ", ", and a reason
+may hold ", " itself: ``..., previously considered podsets requests (0) + ...``)."""
+_NEVER_REASONS: Final = (
+    re.compile(r"^insufficient quota for \S+ in flavor \S+, .*> maximum capacity \(.*\)$"),
+    re.compile(r"^resource \S+ unavailable in ClusterQueue$"),
+)
+"""A flavor's reason that no amount of waiting cures: the request is above what the flavor could
+ever give (borrowing included), or the ClusterQueue has no quota for the resource at all."""
 
 
 def suspended(job: Mapping[str, Any]) -> bool:
     """True while the Job is suspended: not admitted yet, or preempted and waiting again."""
     return bool((job.get("spec") or {}).get("suspend"))
+
+
+def managed(job: Mapping[str, Any]) -> bool:
+    """True for a Job created for Kueue (it carries the queue-name label)."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    return KUEUE_QUEUE_LABEL in labels
+
+
+def just_admitted(job: Mapping[str, Any]) -> bool:
+    """True for a Kueue Job that was admitted (unsuspended) but whose ``startTime`` the Job
+    controller has not set yet: its queue timeout has not begun."""
+    return managed(job) and not suspended(job) and admitted_at(job) is None
 
 
 def admitted_at(job: Mapping[str, Any]) -> str | None:
@@ -70,9 +92,20 @@ def never_admitted(workload: Mapping[str, Any]) -> str | None:
     if pending is None or pending.get("reason") not in ("Inadmissible", "Pending"):
         return None
     message = one_line(str(pending.get("message") or ""))
-    if any(rule.search(message) for rule in _NEVER):
-        return message
-    return None
+    return message if _never(message) else None
+
+
+def _never(message: str) -> bool:
+    """True when the message says the Workload cannot be admitted however long it waits: its
+    queue does not exist, or every flavor's reason is one that waiting cannot cure (a single
+    flavor that could admit it later means it waits)."""
+    if _NO_QUEUE.match(message):
+        return True
+    flavors = _FLAVORS.match(message)
+    if flavors is None:
+        return False
+    reasons = _REASON_START.split(flavors["reasons"])
+    return all(any(rule.match(reason) for rule in _NEVER_REASONS) for reason in reasons)
 
 
 def evicted(workload: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -95,7 +95,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             ("jobs", selector, "", reactor.on_job, reactor.jobs_listed),
         ]
         if settings.kueue_local_queue:  # Kueue's Workloads of the namespace: see on_workload
-            watches.append(("workloads", "", "", reactor.on_workload, None))
+            watches.append(("workloads", "", "", reactor.on_workload, reactor.workloads_listed))
         for kind, labels, fields, handler, on_listed in watches:
 
             def count_restart(reason: str, kind: str = kind) -> None:
