@@ -131,7 +131,9 @@ class Reactor:
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
-            for held in (self._ended_pods, self._evictions, self._not_admitted):
+            for held in self._job_maps():
+                if held is self._early:  # Jobs not seen yet: a Workloads list prunes them
+                    continue
                 for uid in held.keys() - present:
                     del held[uid]
             for seen in self._job_sets():
@@ -140,14 +142,11 @@ class Reactor:
     def remembered(self) -> int:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
-            held = set(self._active).union(
-                *self._job_sets(),
-                self._ended_pods,
-                self._evictions,
-                self._not_admitted,
-                self._early,
-            )
-            return len(held)
+            return len(set(self._active).union(*self._job_sets(), *self._job_maps()))
+
+    def _job_maps(self) -> tuple[dict[str, Any], ...]:
+        """Every map keyed by Job uid (call with the lock held)."""
+        return (self._ended_pods, self._evictions, self._not_admitted, self._early)
 
     def _job_sets(self) -> tuple[set[str], ...]:
         """Every set of Job uids (call with the lock held)."""
@@ -231,7 +230,7 @@ class Reactor:
             self._active.pop(uid, None)
             for seen in (self._started, self._suspended):
                 seen.discard(uid)
-            for held in (self._ended_pods, self._evictions, self._not_admitted, self._early):
+            for held in self._job_maps():
                 held.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
@@ -239,21 +238,28 @@ class Reactor:
             for seen in self._job_sets():
                 seen.discard(uid)
             self._active.pop(uid, None)
-            for held in (self._ended_pods, self._evictions, self._not_admitted, self._early):
+            for held in self._job_maps():
                 held.pop(uid, None)
 
-    def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
-        """Schedule `request` unless `key` was already scheduled; forget `key` again when
-        scheduling fails (the broker is away), so that the next event or re-list retries it."""
+    def _once(self, seen: set[str] | dict[str, float], key: str, request: FinalizeRequest) -> None:
+        """Schedule `request` unless `key` was already scheduled (a dict notes when); forget
+        `key` again when scheduling fails (the broker is away), so that the next event or
+        re-list retries it."""
         with self._lock:
             if key in seen:
                 return
-            seen.add(key)
+            if isinstance(seen, dict):
+                seen[key] = self._clock()
+            else:
+                seen.add(key)
         try:
             self._schedule(request)
         except BaseException:
             with self._lock:
-                seen.discard(key)
+                if isinstance(seen, dict):
+                    seen.pop(key, None)
+                else:
+                    seen.discard(key)
             raise
 
     # -- queue timeout --------------------------------------------------------------------------
@@ -331,16 +337,8 @@ class Reactor:
     def _not_admissible(self, name: str, uid: str) -> None:
         """Ask for a finalize after the grace period, once (the sweep asks again later while
         Kueue still cannot admit the Job)."""
-        with self._lock:
-            if uid in self._not_admitted:
-                return
-            self._not_admitted[uid] = self._clock()
-        try:
-            self._schedule(FinalizeRequest(name, uid, self._grace, "not admitted by Kueue"))
-        except BaseException:
-            with self._lock:
-                self._not_admitted.pop(uid, None)
-            raise
+        request = FinalizeRequest(name, uid, self._grace, "not admitted by Kueue")
+        self._once(self._not_admitted, uid, request)
 
     def _evicted(
         self, name: str, uid: str, workload: dict[str, Any], reason: str, message: str
