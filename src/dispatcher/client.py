@@ -215,8 +215,15 @@ class TaskHandle:
         self.close()
 
     def close(self) -> None:
-        """Stop listening (the private queue goes with its channel; the task goes on)."""
+        """Stop listening (the private queue goes with its channel; the task goes on).
+
+        The consumer is cancelled first: the broker confirms that nothing more will be delivered,
+        and what it sent before (a finished task's last progress events) is taken in on the way.
+        Closing a channel that still receives deliveries makes the AMQP library warn on the
+        caller's stderr."""
         with contextlib.suppress(Exception):  # the channel of a lost connection
+            self._consumer.cancel()
+        with contextlib.suppress(Exception):
             self._channel.close()
 
     def _on_message(self, message: Any) -> None:
