@@ -94,13 +94,79 @@ def test_flags_build_the_task_and_a_command_after_the_double_dash_keeps_its_dash
     ("argv", "line"),
     [
         pytest.param(
-            ["submit", "--timeout", "0"], "argument --timeout: must be a whole number", id="timeout"
+            ["submit", "--timeout", "0"],
+            "dispatcher submit: argument --timeout: must be a whole number of seconds "
+            "(1 or more), got '0' (see dispatcher submit --help)",
+            id="timeout",
         ),
-        pytest.param(["cancel", "x", "--", "sh"], "only submit takes a command after --", id="dd"),
+        pytest.param(
+            ["submit", "--wait-timeout", "soon"],
+            "dispatcher submit: argument --wait-timeout: must be a number of seconds above 0, "
+            "got 'soon' (see dispatcher submit --help)",
+            id="wait-timeout",
+        ),
+        pytest.param(
+            ["cancel", "x", "--wait-timeout", "-1"],
+            "dispatcher cancel: argument --wait-timeout: must be a number of seconds above 0, "
+            "got '-1' (see dispatcher cancel --help)",
+            id="cancel-wait-timeout",
+        ),
+        pytest.param(
+            ["submit", "--memroy"],
+            "dispatcher: unrecognized arguments: --memroy (see dispatcher --help)",
+            id="unknown-flag",
+        ),
+        pytest.param(
+            ["cancel", "x", "--", "sh"],
+            "dispatcher: only submit takes a command after -- (see dispatcher --help)",
+            id="dd",
+        ),
+        pytest.param(
+            ["cancel", "Not An Id"],
+            "dispatcher: invalid request: cancel: must be an RFC 1035 label: 1 to 63 lower-case "
+            "letters, digits or '-', starting with a letter and ending with a letter or digit",
+            id="cancel-id",
+        ),
     ],
 )
-def test_bad_flags_are_refused_with_exit_status_2(argv: list[str], line: str) -> None:
+def test_bad_flags_are_refused_with_one_line_and_exit_status_2(argv: list[str], line: str) -> None:
     result = dispatcher(*argv)
 
     assert result.returncode == 2
-    assert line in result.stderr
+    assert result.stderr == line + "\n"
+    assert result.stdout == ""
+
+
+def test_flags_extend_the_files_env_and_resources_and_override_its_fields(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(
+        '{"id": "from-file", "image": "old:1", "cmd": ["a"], "volume_mount_path": "/data",'
+        ' "env": {"A": "1", "B": "old"}, "resources": {"cpu": "1", "memory": "1Gi"}}'
+    )
+    argv = [str(path), "--image", "new:2", "--cmd", "b", "--cmd", "c", "--arg=-v"]
+    argv += ["--env", "B=new", "--memory", "2Gi", "--workdir", "/data/in", "--id", "flagged"]
+    args = _parser().parse_args(["submit", *argv])
+    args.container_command = None
+
+    assert _task_document(args) == {
+        "id": "flagged",
+        "image": "new:2",
+        "volume_mount_path": "/data",
+        "working_dir": "/data/in",
+        "cmd": ["b", "c"],
+        "args": ["-v"],
+        "env": {"A": "1", "B": "new"},
+        "resources": {"cpu": "1", "memory": "2Gi"},
+    }
+
+
+def test_without_a_file_or_an_id_a_task_gets_a_fresh_id_and_the_default_mount() -> None:
+    args = _parser().parse_args(["submit", "--image", "busybox:1.36"])
+    args.container_command = None
+
+    document = _task_document(args)
+
+    assert document["id"].startswith("task-")
+    assert document["volume_mount_path"] == "/work"
