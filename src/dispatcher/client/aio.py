@@ -81,7 +81,16 @@ class AsyncClient:
             raise ClientError(
                 f"cannot connect to RabbitMQ at {self.settings.amqp_host}: {exc}"
             ) from exc
+        try:
+            await self._declare(connection)
+        except Exception as exc:
+            await connection.close()
+            raise ClientError(
+                f"cannot declare the task queue {self.settings.task_queue_name!r}: {exc}"
+            ) from exc
         self._connection = connection
+
+    async def _declare(self, connection: AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=True)
         settings = self.settings
         self._tasks = await channel.declare_exchange(
@@ -99,6 +108,7 @@ class AsyncClient:
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+            self._tasks = self._progress = None
 
     def task(self, task: Task | Mapping[str, Any]) -> Task:
         """`task` checked with the worker's rules and this environment's limits."""
@@ -144,7 +154,7 @@ class AsyncClient:
         await self._exchange().publish(message, routing_key=self.settings.task_routing_key)
 
     def _exchange(self) -> AbstractExchange:
-        if self._tasks is None:
+        if self._tasks is None or self._connection is None:
             raise ClientError("the client is not connected: use `async with AsyncClient(...)`")
         return self._tasks
 
