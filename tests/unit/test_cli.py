@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.cli import _parser, _task_document
+from dispatcher.cli import _parser, _ProgressLine, _task_document
+from dispatcher.messages.progress import ProgressEvent
 
 
 def dispatcher(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -170,3 +171,23 @@ def test_without_a_file_or_an_id_a_task_gets_a_fresh_id_and_the_default_mount() 
 
     assert document["id"].startswith("task-")
     assert document["volume_mount_path"] == "/work"
+
+
+def test_the_progress_line_is_rewritten_in_place_and_erased(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = _ProgressLine("t-1")
+
+    line.show(None)
+    line.show(ProgressEvent("t-1", "queued", "2026-12-05T04:00:00Z"))
+    line.show(None)  # nothing new: the same state, the time waited goes on
+    line.show(ProgressEvent("t-1", "running", "2026-12-05T04:00:01Z", node="node-1"))
+    line.clear()
+
+    assert capsys.readouterr().err == (
+        "\r\x1b[Kt-1: sent (0 s)"
+        "\r\x1b[Kt-1: queued (0 s)"
+        "\r\x1b[Kt-1: queued (0 s)"
+        "\r\x1b[Kt-1: running on node-1 (0 s)"
+        "\r\x1b[K"
+    )
