@@ -307,8 +307,11 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InvalidTaskError("FILE", f"cannot be read: {exc.strerror} ({path})") from None
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:

@@ -123,6 +123,12 @@ def test_flags_build_the_task_and_a_command_after_the_double_dash_keeps_its_dash
             id="dd",
         ),
         pytest.param(
+            ["submit", "/nonexistent/task.json", "--wait"],
+            "dispatcher: invalid task: FILE: cannot be read: No such file or directory "
+            "(/nonexistent/task.json)",
+            id="missing-file",
+        ),
+        pytest.param(
             ["cancel", "Not An Id"],
             "dispatcher: invalid request: cancel: must be an RFC 1035 label: 1 to 63 lower-case "
             "letters, digits or '-', starting with a letter and ending with a letter or digit",
