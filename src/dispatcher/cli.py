@@ -248,6 +248,9 @@ def _wait(handle: TaskHandle, timeout: float) -> Response | int | None:
                 return response
         return None
     except KeyboardInterrupt:
+        if line is not None:  # the hint goes on a line of its own
+            line.clear()
+            line = None
         print(
             f"dispatcher: stopped waiting; task {handle.id} goes on "
             f"(stop it with: dispatcher cancel {handle.id})",

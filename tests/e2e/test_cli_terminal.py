@@ -130,7 +130,11 @@ def test_ctrl_c_stops_waiting_and_leaves_the_task_running(dispatcher: Dispatcher
     code = session.wait()
 
     assert code == 130
-    assert f"stop it with: dispatcher cancel {task_id}" in session.screen
+    # The progress line is erased first: the hint stands on a line of its own.
+    assert (
+        f"\r\x1b[Kdispatcher: stopped waiting; task {task_id} goes on "
+        f"(stop it with: dispatcher cancel {task_id})" in session.screen
+    )
     # The task went on and was answered on the response queue (its waiter's queue is gone).
     assert broker.response(timeout=90) == {"id": task_id, "output": "on\n", "exit": 0}
 
