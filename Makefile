@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := python3 -m uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down scale-up scale-down demo test check lint typecheck unit integration bench chaos docs image clean
+.PHONY: help venv up down scale-up scale-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: venv check up image  ## the whole suite on the real stack (what CI runs)
 
 bench: venv up  ## benchmarks (tables on stdout)
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/run.py
+
+bench-scale: venv scale-up  ## opt-in: 1k/5k/10k tasks in flight on simulated nodes (about 25 minutes); writes docs/benchmarks.md
+	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/scale.py --write
 
 chaos: venv up image  ## fault scenarios with 100+ tasks each (about 12 minutes); writes docs/reliability.md
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write

@@ -46,6 +46,14 @@ start_controller_manager() {
     --node-monitor-period=2s --pvclaimbinder-sync-period=2s --v=1 "$@"
 }
 
+# start_scheduler [CONFIG]: the scheduler with its configuration file (scale mode passes one whose
+# client rate limits are raised).
+start_scheduler() {
+  start_component kube-scheduler "$K8S_BIN/kube-scheduler" --config="${1:-$CONF/scheduler.yaml}" \
+    --bind-address=127.0.0.1 --authentication-kubeconfig="$CONF/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$CONF/scheduler.kubeconfig" --v=1
+}
+
 component_alive() {
   local f=$STACK_RUN/pids/$1.pid
   [ -f "$f" ] && pid_running "$(cat "$f")"

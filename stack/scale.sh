@@ -6,15 +6,27 @@
 # pods that ask for it land there: run the dispatcher with
 #   JOB_NODE_SELECTOR=type=kwok JOB_TOLERATIONS=kwok.x-k8s.io/node=fake:NoSchedule
 # Its pods run nothing: kwok marks them Running, then Succeeded with exit code 0 after
-# KWOK_RUN_MILLISECONDS (default 1000), and serves "done" as every task container's log.
-# The controller manager is restarted with its client rate limit raised from the default 20
-# requests per second (KCM_QPS, default 200): at 20 the Job controller, not the dispatcher, caps
-# how fast thousands of Jobs start and finish. `down` restarts it with the defaults again.
+# KWOK_RUN_MILLISECONDS (default 1000) — or at the time a task sets in its env KWOK_FINISH_AT —
+# and serves "done" as every task container's log.
+# The controller manager and the scheduler are restarted with their client rate limits raised
+# from the defaults (20 and 50 requests per second) to KCM_QPS (default 200): at the defaults the
+# Job controller and the scheduler's bindings, not the dispatcher, cap how fast thousands of Jobs
+# start and finish. `down` restarts both with the defaults again.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 KWOK_DIR=$STACK_CACHE/kwok-$KWOK_VERSION
 NODE_NAME=kwok-node-0
 RUN_MS=${KWOK_RUN_MILLISECONDS:-1000}
+# How long a pod "runs": RUN_MS, or until the time (RFC 3339) in its task container's
+# KWOK_FINISH_AT environment variable, so a benchmark can hold thousands of tasks in flight at once.
+COMPLETE_DELAY=$(cat <<'YAML'
+  delay:
+    durationMilliseconds: RUN_MS
+    durationFrom:
+      jq:
+        expression: '.spec.containers[]? | select(.name == "task") | .env[]? | select(.name == "KWOK_FINISH_AT") | .value'
+YAML
+)
 
 up() {
   [ -f "$LOCAL/kubeconfig" ] || { echo "scale: the stack is not up (make up)" >&2; exit 1; }
@@ -25,7 +37,7 @@ up() {
       cat "$KWOK_DIR/stage/node/fast/node-initialize.yaml"; echo "---"
       cat "$KWOK_DIR/stage/node/heartbeat/node-heartbeat.yaml"; echo "---"
       cat "$KWOK_DIR/stage/pod/fast/pod-ready.yaml"; echo "---"
-      sed -e "s/^  next:/  delay:\n    durationMilliseconds: $RUN_MS\n  next:/" \
+      awk -v delay="${COMPLETE_DELAY//RUN_MS/$RUN_MS}" '/^  next:/ { print delay } { print }' \
         "$KWOK_DIR/stage/pod/fast/pod-complete.yaml"; echo "---"
       cat "$KWOK_DIR/stage/pod/fast/pod-delete.yaml"; echo "---"
       cat <<YAML
@@ -47,6 +59,9 @@ YAML
       --cidr=10.245.0.0/16
   fi
   restart_controller_manager --kube-api-qps="${KCM_QPS:-200}" --kube-api-burst="$(( ${KCM_QPS:-200} * 2 ))"
+  sed -e "s/^clientConnection:/clientConnection:\n  qps: ${KCM_QPS:-200}\n  burst: $(( ${KCM_QPS:-200} * 2 ))/" \
+    "$CONF/scheduler.yaml" >"$CONF/scheduler-scale.yaml"
+  restart_scheduler "$CONF/scheduler-scale.yaml"
   $KUBECTL apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Node
@@ -70,6 +85,12 @@ restart_controller_manager() {
   waitfor kube-controller-manager 60 curl -fsSk https://127.0.0.1:10257/healthz
 }
 
+restart_scheduler() {
+  stop_component kube-scheduler
+  start_scheduler "$@"
+  waitfor kube-scheduler 60 curl -fsSk https://127.0.0.1:10259/healthz
+}
+
 node_ready() {
   [ "$($KUBECTL get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
@@ -82,7 +103,8 @@ down() {
   fi
   stop_component kwok
   if [ -f "$LOCAL/kubeconfig" ] && component_alive kube-apiserver; then
-    restart_controller_manager  # its default rate limits again
+    restart_controller_manager  # their default rate limits again
+    restart_scheduler
   fi
   echo "scale: kwok stopped"
 }

@@ -81,9 +81,7 @@ start_component kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers=http://1
 waitfor kube-apiserver 120 curl -fsS --cacert "$PKI/ca.crt" https://127.0.0.1:6443/readyz
 
 start_controller_manager
-start_component kube-scheduler "$K8S_BIN/kube-scheduler" --config="$CONF/scheduler.yaml" \
-  --bind-address=127.0.0.1 --authentication-kubeconfig="$CONF/scheduler.kubeconfig" \
-  --authorization-kubeconfig="$CONF/scheduler.kubeconfig" --v=1
+start_scheduler
 
 start_component containerd containerd --config "$CONF/containerd.toml" --log-level warn
 waitfor containerd 30 ctr --address "$SOCK" version

@@ -305,9 +305,10 @@ class Settings:
     )
     worker_concurrency: int = _setting(
         "WORKER_CONCURRENCY",
-        8,
+        16,
         parsers.integer(1, 256),
-        "Threads running the short submit and finalize tasks in one worker.",
+        "Threads running the short submit and finalize tasks in one worker (they mostly wait "
+        "for the API server).",
     )
     health_port: int = _setting(
         "HEALTH_PORT",

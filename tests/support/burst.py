@@ -68,6 +68,11 @@ class JobMonitor:
                 if self._stop.is_set():
                     return
 
+    def ended(self) -> int:
+        """Jobs that exist and have ended."""
+        with self._lock:
+            return sum(1 for active in self._live.values() if not active)
+
     def _see(self, kind: str, job: dict[str, Any]) -> None:
         meta = job.get("metadata", {})
         with self._lock:

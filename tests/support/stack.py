@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / ".local"
@@ -191,15 +192,23 @@ def run_cli(broker: Broker, *args: str, timeout: float = 120) -> subprocess.Comp
 class Worker:
     """A `dispatcher worker` process for one Instance, stopped by its PID."""
 
-    def __init__(self, instance: Instance, log_dir: Path) -> None:
+    def __init__(self, instance: Instance, log_dir: Path, *, concurrency: int = 4) -> None:
         self.instance = instance
+        self.concurrency = concurrency
         self.log_path = log_dir / f"worker-{instance.name}-{uuid.uuid4().hex[:4]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, broker: Broker, timeout: float = 60.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "worker", "--concurrency", "4"],
+            [
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "worker",
+                "--concurrency",
+                str(self.concurrency),
+            ],
             env=self.instance.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -247,3 +256,46 @@ def running(instance: Instance, log_dir: Path) -> Iterator[tuple[Broker, Worker]
     finally:
         worker.stop()
         broker.close()
+
+
+class ResponseCollector:
+    """Consumes an instance's response queue in a thread of its own (basic.consume, prefetch
+    500: fast enough for thousands of answers a second), keeping each answer with its arrival
+    time in seconds since `start` (time.monotonic)."""
+
+    def __init__(self, instance: Instance, start: float) -> None:
+        env = instance.env()
+        self.start = start
+        self.bodies: list[tuple[float, dict[str, Any]]] = []
+        self._conn = Connection(instance.broker_url)
+        self._queue = Queue(env["RESPONSE_QUEUE_NAME"], no_declare=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="responses", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        def on_message(message: Any) -> None:
+            self.bodies.append((time.monotonic() - self.start, json.loads(message.body)))
+            message.ack()
+
+        channel = self._conn.channel()
+        with Consumer(channel, [self._queue], on_message=on_message, prefetch_count=500):
+            while not self._stop.is_set():
+                try:
+                    self._conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    continue
+
+    def wait(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.bodies) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"expected {count} answers in {timeout:g} s: {len(self.bodies)}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._conn.release()

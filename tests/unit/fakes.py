@@ -22,6 +22,7 @@ from dispatcher.config import Settings
 from dispatcher.errors import ConflictError, KubeError, NotFoundError, PermanentKubeError
 from dispatcher.kube.conventions import CONTAINER_NAME, CONTROLLER_UID_LABEL, JOB_NAME_LABEL
 from dispatcher.kube.jobspec import build_job
+from dispatcher.kube.outcome import job_finished
 from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
@@ -71,6 +72,8 @@ class FakeKube:
         self._uids = itertools.count(1)
         self._failures: dict[str, deque[KubeError]] = defaultdict(deque)
         self._interleaved: dict[str, deque[Callable[[], object]]] = defaultdict(deque)
+        self.calls: list[str] = []
+        """Every call made through the port, in order (e.g. "get_job")."""
 
     # -- scenario controls --------------------------------------------------------------------
 
@@ -174,12 +177,17 @@ class FakeKube:
             self.deleted[name] = self.jobs.pop(name)
         else:
             self.jobs[name] = released
+            if _expired(released):  # the TTL controller deletes a finished Job with TTL 0
+                self._delete(name)
         return copy.deepcopy(released)
 
     def delete_job(self, name: str) -> None:
         """Like the API server: a Job with finalizers is only marked for deletion; deleting a
         Job that is already gone is not an error."""
         self._enter("delete_job")
+        self._delete(name)
+
+    def _delete(self, name: str) -> None:
         job = self.jobs.get(name)
         if job is None:
             return
@@ -217,6 +225,14 @@ class FakeKube:
         ]
         return items, str(next(self._versions))
 
+    def list_each(
+        self, kind: str, selector: str, fields: str, handle: Callable[[KubeObject], None]
+    ) -> str:
+        items, version = self.list_objects(kind, selector, fields)
+        for item in items:
+            handle(item)
+        return version
+
     def watch_objects(
         self,
         kind: str,
@@ -232,6 +248,7 @@ class FakeKube:
     # -- plumbing -----------------------------------------------------------------------------
 
     def _enter(self, call: str) -> None:
+        self.calls.append(call)
         while self._interleaved[call]:
             self._interleaved[call].popleft()()
         if self._failures[call]:
@@ -239,6 +256,12 @@ class FakeKube:
 
     def _next_version(self) -> str:
         return str(next(self._versions))
+
+
+def _expired(job: KubeObject) -> bool:
+    """A finished Job whose TTL after finishing is 0, not yet being deleted."""
+    ttl = job["spec"].get("ttlSecondsAfterFinished")
+    return ttl == 0 and job_finished(job) and not job["metadata"].get("deletionTimestamp")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

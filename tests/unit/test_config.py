@@ -58,7 +58,7 @@ ADDED_DEFAULTS = {
     "JOB_TOLERATIONS": "",
     "CELERY_QUEUE_NAME": "dispatcher.internal",
     "WATCH_TIMEOUT_SECONDS": "240",
-    "WORKER_CONCURRENCY": "8",
+    "WORKER_CONCURRENCY": "16",
     "HEALTH_PORT": "8000",
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",

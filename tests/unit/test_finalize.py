@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.core.finalize import (
     CLAIM_TTL,
+    RENEW_AFTER,
     Context,
     Finalized,
     Result,
@@ -21,6 +22,7 @@ from dispatcher.errors import KubeError, NotFoundError, PermanentKubeError, Tran
 from dispatcher.kube.conventions import CLAIM_ANNOTATION, INSTANCE_LABEL, RESPONDED_ANNOTATION
 from dispatcher.kube.outcome import RESULT_DELETED_ERROR
 from dispatcher.kube.routes import with_route
+from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (
@@ -648,9 +650,16 @@ def test_a_claim_taken_over_while_the_logs_were_read_is_not_answered_twice() -> 
     kube, publisher = FakeKube(), FakePublisher()
     job = ended_job(kube)
     rival = "worker-b/3/f-9#0 2025-01-10T10:12:01Z"  # ours had expired: the log read was slow
-    kube.before_next("read_log", lambda: claim(kube, rival))
+    clock = [NOW]
 
-    result = run(kube, publisher, job)
+    def slow_read() -> None:
+        clock[0] = NOW + CLAIM_TTL + timedelta(seconds=1)
+        claim(kube, rival)
+
+    kube.before_next("read_log", slow_read)
+    context = Context(kube, publisher, SETTINGS, HOLDER, clock=lambda: clock[0])
+
+    result = finalize("t-1", job["metadata"]["uid"], context, now=NOW)
 
     assert result.state is Finalized.CLAIMED
     assert publisher.published == []
@@ -868,3 +877,84 @@ def test_a_tasks_own_timeout_is_named_in_the_deadline_error() -> None:
             id="t-1", output="started\n", error="deadline exceeded: the task ran longer than 30 s"
         )
     ]
+
+
+# --- what the watch already showed ------------------------------------------------------------
+
+
+def seen_copies(kube: FakeKube, job: KubeObject) -> tuple[KubeObject, KubeObject]:
+    """The Job and its pod as the watch showed them (the small copies the reactor hands on)."""
+    return job_snapshot(job), pod_snapshot(kube.pods[0])
+
+
+def test_an_ended_job_the_watch_showed_is_answered_with_three_requests() -> None:
+    """Claim, log, release: no read of the Job, no list of its pods, no delete (its TTL)."""
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    seen, pod = seen_copies(kube, job)
+    kube.calls.clear()
+
+    result = finalize("t-1", job["metadata"]["uid"], context(kube, publisher), seen=seen, pod=pod)
+
+    assert result.state is Finalized.ANSWERED
+    assert kube.calls == ["patch_job", "read_log", "release_job"]
+    assert publisher.responses == [Response(id="t-1", output="hello\n", exit=0)]
+    assert kube.get_job("t-1") is None  # TTL 0: deleted by Kubernetes, not by us
+
+
+def test_a_copy_that_is_behind_costs_one_read_and_nothing_else() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    seen, pod = seen_copies(kube, job)
+    kube.patch_job("t-1", {"metadata": {"labels": {"team": "a"}}})  # someone else's update
+    kube.calls.clear()
+
+    result = finalize("t-1", job["metadata"]["uid"], context(kube, publisher), seen=seen, pod=pod)
+
+    assert result.state is Finalized.ANSWERED
+    assert kube.calls == ["patch_job", "get_job", "patch_job", "read_log", "release_job"]
+    assert len(publisher.published) == 1
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["answered-meanwhile", "still-running"])
+def test_a_copy_is_never_trusted_over_the_job_itself(answered: bool) -> None:
+    """A copy that shows the Job running, or a Job answered meanwhile, is read again first."""
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    seen, pod = seen_copies(kube, job)
+    if answered:
+        kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
+        seen["metadata"]["annotations"][RESPONDED_ANNOTATION] = "now"
+    else:
+        seen["status"] = {}
+
+    result = finalize("t-1", job["metadata"]["uid"], context(kube, publisher), seen=seen, pod=pod)
+
+    assert result.state is (Finalized.ALREADY_ANSWERED if answered else Finalized.ANSWERED)
+    assert len(publisher.published) == (0 if answered else 1)
+    assert kube.get_job("t-1") is None
+
+
+def test_a_slow_log_read_renews_the_claim_before_the_answer() -> None:
+    kube, publisher = FakeKube(), FakePublisher()
+    job = ended_job(kube)
+    clock = [NOW]
+    kube.before_next("read_log", lambda: clock.__setitem__(0, NOW + RENEW_AFTER))
+    kube.calls.clear()
+
+    context_ = Context(kube, publisher, SETTINGS, HOLDER, clock=lambda: clock[0])
+    result = finalize("t-1", job["metadata"]["uid"], context_, now=NOW)
+
+    assert result.state is Finalized.ANSWERED
+    assert kube.calls == [
+        "get_job",
+        "list_pods",
+        "patch_job",
+        "read_log",
+        "patch_job",
+        "release_job",
+    ]
+
+
+def context(kube: FakeKube, publisher: FakePublisher) -> Context:
+    return Context(kube, publisher, SETTINGS, HOLDER, clock=lambda: NOW)

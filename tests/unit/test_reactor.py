@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 from typing import Any
 
@@ -116,19 +117,22 @@ def test_answered_job_left_behind_by_a_crash_is_cleaned_up_from_the_list() -> No
 
 
 @pytest.mark.parametrize(
-    ("keep_answered", "finalizers", "asked"),
+    ("status", "finalizers", "asked"),
     [
-        pytest.param(True, [], False, id="kept-for-the-window"),
-        pytest.param(True, ["job-dispatcher.io/answer"], True, id="window-but-still-held"),
-        pytest.param(False, [], True, id="no-window-not-deleted"),
+        pytest.param(COMPLETE, [], False, id="ran-to-its-end-left-to-its-ttl"),
+        pytest.param(COMPLETE, ["job-dispatcher.io/answer"], True, id="ended-but-still-held"),
+        pytest.param({}, [], True, id="answered-early-not-deleted"),
     ],
 )
-def test_an_answered_job_kept_for_the_idempotency_window_is_left_to_its_ttl(
-    keep_answered: bool, finalizers: list[str], asked: bool
+def test_an_answered_job_that_ran_to_its_end_is_left_to_its_ttl(
+    status: Any, finalizers: list[str], asked: bool
 ) -> None:
+    """Its TTL (the idempotency window, or 0) deletes it; a Job still held, or answered before
+    it ended (stuck, queue timeout), is let go of by finalize after a crash cut that short."""
     requests: list[FinalizeRequest] = []
-    react = Reactor(requests.append, stuck_grace_seconds=GRACE, keep_answered=keep_answered)
+    react = Reactor(requests.append, stuck_grace_seconds=GRACE)
     job = answered_job()
+    job["status"] = status
     job["metadata"]["finalizers"] = finalizers
 
     react.on_job("LISTED", job)
@@ -418,7 +422,7 @@ def test_a_relist_forgets_active_jobs_whose_deletion_was_missed() -> None:
     react.on_job("ADDED", second)
 
     react.on_job("LISTED", second)  # t-1 was deleted while the watch was away
-    react.jobs_listed([second])
+    react.jobs_listed({uid(second)})
 
     assert react.active_jobs() == 1
 
@@ -433,7 +437,7 @@ def test_a_relist_forgets_every_job_it_no_longer_finds() -> None:
         react.on_job("MODIFIED", jobs[-1])  # ended: handed to finalize
     assert react.remembered() == 5
 
-    react.jobs_listed(jobs[4:])  # the DELETED events of four were missed
+    react.jobs_listed({uid(job) for job in jobs[4:]})  # four DELETED events were missed
 
     assert react.remembered() == 1
 
@@ -446,3 +450,50 @@ def test_every_job_event_tells_admission_the_job_exists() -> None:
     react.on_job("MODIFIED", ended)
 
     assert seen == ["t-1", "t-1"]
+
+
+def test_an_ended_job_is_handed_on_with_small_copies_of_itself_and_its_pod() -> None:
+    """Finalize then needs neither to read the Job again nor to list its pods."""
+    react, requests = reactor()
+    running, ended = job_states(RUNNING, COMPLETE)
+    pod = make_pod(running, phase="Succeeded", state=terminated(0))
+    pod["spec"]["nodeName"] = "node-1"
+
+    react.on_job("ADDED", running)
+    react.on_pod("MODIFIED", pod)
+    react.on_job("MODIFIED", ended)
+
+    [request] = requests
+    assert request.job is not None
+    assert request.pod is not None
+    assert request.job["metadata"]["resourceVersion"] == ended["metadata"]["resourceVersion"]
+    conditions = [(c["type"], c["status"]) for c in ended["status"]["conditions"]]
+    assert [(c["type"], c["status"]) for c in request.job["status"]["conditions"]] == conditions
+    assert request.pod["status"]["containerStatuses"][0]["state"] == terminated(0)
+    assert "template" not in request.job["spec"] or "containers" not in str(request.job["spec"])
+    assert len(json.dumps(request.job)) < len(json.dumps(ended)) / 2
+    assert react.remembered() == 1  # the pod's copy went with the request
+
+
+def test_the_copy_of_an_ended_pod_is_dropped_with_its_pod() -> None:
+    react, requests = reactor()
+    running, ended = job_states(RUNNING, COMPLETE)
+    pod = make_pod(running, phase="Succeeded", state=terminated(0))
+
+    react.on_pod("MODIFIED", pod)
+    react.on_pod("DELETED", pod)
+    react.on_job("MODIFIED", ended)
+
+    assert [r.pod for r in requests] == [None]  # finalize lists the pods itself
+
+
+def test_the_copy_of_an_ended_pod_is_dropped_when_a_relist_misses_its_job() -> None:
+    react, _ = reactor()
+    running, _ = job_states(RUNNING, COMPLETE)
+    react.on_pod("MODIFIED", make_pod(running, phase="Succeeded", state=terminated(0)))
+    before = react.remembered()
+
+    react.jobs_listed(set())
+
+    assert before == 1
+    assert react.remembered() == 0

@@ -24,7 +24,7 @@ from dispatcher.kube.conventions import (
 )
 from dispatcher.kube.routes import MAX_ROUTES, routes_of
 from dispatcher.messages.route import ReplyRoute
-from tests.unit.fakes import COMPLETE, FAILED, SETTINGS, TASK, FakeKube
+from tests.unit.fakes import COMPLETE, FAILED, SETTINGS, TASK, WINDOW, FakeKube
 
 ROUTE = ReplyRoute("c-42", "amq.rabbitmq.reply-to.g1h2AA")
 
@@ -84,14 +84,26 @@ def test_a_copy_joining_while_another_changes_the_job_looks_again() -> None:
 )
 def test_the_same_task_sent_again_after_its_answer_is_to_be_answered_again(status: Any) -> None:
     kube = FakeKube()
-    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    submit(TASK, ROUTE, kube=kube, settings=WINDOW)
     kube.update_status("t-1", status)
     kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
 
-    assert submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS) is Submitted.ANSWERED
+    assert submit(TASK, ReplyRoute("c-60"), kube=kube, settings=WINDOW) is Submitted.ANSWERED
     with pytest.raises(TaskConflictError):
-        submit(dataclasses.replace(TASK, args=("other",)), ROUTE, kube=kube, settings=SETTINGS)
+        submit(dataclasses.replace(TASK, args=("other",)), ROUTE, kube=kube, settings=WINDOW)
     assert list(kube.jobs) == ["t-1"]
+
+
+def test_without_a_window_the_same_task_sent_again_runs_anew_once_its_job_is_gone() -> None:
+    kube = FakeKube()
+    submit(TASK, ROUTE, kube=kube, settings=SETTINGS)
+    kube.update_status("t-1", COMPLETE)  # answered: its TTL of 0 is about to delete it
+    kube.patch_job("t-1", {"metadata": {"annotations": {RESPONDED_ANNOTATION: "now"}}})
+
+    with pytest.raises(TransientKubeError):  # retried
+        submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS)
+    kube.remove_job("t-1")
+    assert submit(TASK, ReplyRoute("c-60"), kube=kube, settings=SETTINGS) is Submitted.CREATED
 
 
 def test_a_copy_does_not_join_a_job_answered_with_an_error_and_going() -> None:

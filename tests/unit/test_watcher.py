@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -84,6 +84,14 @@ class ScriptedLister:
         if isinstance(answer, KubeError):
             raise answer
         return answer
+
+    def list_each(
+        self, kind: str, selector: str, fields: str, handle: Callable[[dict[str, Any]], None]
+    ) -> str:
+        items, version = self.list_objects(kind, selector, fields)
+        for item in items:
+            handle(item)
+        return version
 
     def watch_objects(
         self,

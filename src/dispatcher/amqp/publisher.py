@@ -25,6 +25,31 @@ EVENT_CONFIRM_TIMEOUT_SECONDS = 5.0
 RETRY_POLICY = {"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5}
 
 
+def response_message(
+    response: Response, route: ReplyRoute, message_id: str
+) -> tuple[bytes, dict[str, Any]]:
+    """A response's body and AMQP properties: persistent JSON with its stable `message_id` and
+    the task's correlation id (what every publisher of responses sends)."""
+    properties: dict[str, Any] = {
+        "message_id": message_id,
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "delivery_mode": 2,
+    }
+    if route.correlation_id:
+        properties["correlation_id"] = route.correlation_id
+    return response.encode(), properties
+
+
+def log_reply_queue_gone(response: Response, route: ReplyRoute, settings: Settings) -> None:
+    log.warning(
+        "reply queue %s of %s no longer exists; the response goes to %s",
+        route.reply_to,
+        response.id,
+        settings.response_exchange_name,
+    )
+
+
 class AmqpResponsePublisher:
     """Publishes through a kombu producer pool whose connections confirm every publish."""
 
@@ -36,26 +61,19 @@ class AmqpResponsePublisher:
         self._progress = progress_exchange(settings)
 
     def publish(self, response: Response, route: ReplyRoute, message_id: str) -> None:
-        properties: dict[str, Any] = {"message_id": message_id}
-        if route.correlation_id:
-            properties["correlation_id"] = route.correlation_id
-        if route.reply_to and self._send(response, "", route.reply_to, properties, mandatory=True):
+        body, properties = response_message(response, route, message_id)
+        if route.reply_to and self._send(body, "", route.reply_to, properties, mandatory=True):
             log.info("published response for %s to %s", response.id, route.reply_to)
             return
         if route.reply_to:  # returned: the reply queue is gone (its client left); keep it
-            log.warning(
-                "reply queue %s of %s no longer exists; the response goes to %s",
-                route.reply_to,
-                response.id,
-                self._settings.response_exchange_name,
-            )
+            log_reply_queue_gone(response, route, self._settings)
         exchange, key = self._settings.response_exchange_name, self._settings.response_routing_key
-        self._send(response, exchange, key, properties, declare=[self._queue])
+        self._send(body, exchange, key, properties, declare=[self._queue])
         log.info("published response for %s to %s", response.id, key)
 
     def _send(
         self,
-        response: Response,
+        body: bytes,
         exchange: str,
         routing_key: str,
         properties: dict[str, Any],
@@ -77,12 +95,9 @@ class AmqpResponsePublisher:
             events.add(on_return)
             try:
                 producer.publish(
-                    response.encode(),
+                    body,
                     exchange=exchange,
                     routing_key=routing_key,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    delivery_mode=2,
                     mandatory=mandatory,
                     declare=declare or [],
                     retry=True,

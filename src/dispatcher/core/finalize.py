@@ -4,12 +4,17 @@ Steps, each safe to repeat: (1) decide — the Job ended, its pod is still stuck
 period, it waited longer than its queue timeout for room (a pod that only waits for room is
 never answered before that), or someone deleted it (our finalizer holds it until answered);
 (2) claim the Job with a conditional annotation patch so that only one worker answers even when
-several replicas saw the same event; (3) read the logs, renew the claim (again conditionally: a
-claim taken over meanwhile stops here) and publish the response to every route that asked, each
-with a broker confirm; (4) in one patch, mark the Job responded and drop our finalizer, then
-delete it — or, when it ran to its end and the idempotency window is on, leave it to its TTL so
-the same task sent again can be answered from it. A crash between (3) and (4) can repeat the
-response after a restart (at-least-once; `message_id` is stable).
+several replicas saw the same event; (3) read the logs, renew the claim when the read took long
+(again conditionally: a claim taken over meanwhile stops here) and publish the response to every
+route that asked, each with a broker confirm; (4) in one patch, mark the Job responded and drop
+our finalizer — a Job that ran to its end is left to its TTL (the idempotency window, or at
+once), any other is deleted. A crash between (3) and (4) can repeat the response after a restart
+(at-least-once; `message_id` is stable).
+
+The happy path costs three requests: the watch already delivered the ended Job and its pod
+(`seen`, `pod`: small copies), so there is no read before the claim; the claim, the log, and
+the release. A copy that is out of date only makes the conditional claim fail, and then the Job
+is read again.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ from dispatcher.messages.route import ReplyRoute
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = timedelta(minutes=2)
+RENEW_AFTER = CLAIM_TTL / 4
+"""A claim older than this is renewed before publishing: until then no other worker may take
+it over (it does so only once the claim is CLAIM_TTL old)."""
 RELEASE_ATTEMPTS = 5
 LOGS_UNAVAILABLE = "the task's logs could not be read: the Kubernetes API kept failing"
 
@@ -103,17 +111,35 @@ def message_id(job_name: str, run: str) -> str:
     return f"{job_name}.{run}"
 
 
-def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = None) -> Result:
+def finalize(
+    job_name: str,
+    job_uid: str,
+    ctx: Context,
+    now: datetime | None = None,
+    *,
+    seen: dict[str, Any] | None = None,
+    pod: dict[str, Any] | None = None,
+) -> Result:
+    """Answer the Job if it is time. `seen` is the Job as the watch last showed it and `pod` its
+    pod that ended (both optional, possibly out of date): with them, no read comes first."""
     now = now or datetime.now(UTC)
-    for round_ in (1, 2):  # a claim lost to an unrelated update of the Job is tried once more
-        job = ctx.kube.get_job(job_name)
-        if job is None or job.get("metadata", {}).get("uid") != job_uid or not _ours(job, ctx):
+    job = seen if seen is not None and _uid(seen) == job_uid else None
+    reads = 0
+    while job is not None or reads < 2:  # a claim lost to an unrelated update: once more
+        fresh = job is None
+        if fresh:
+            reads += 1
+            job = ctx.kube.get_job(job_name)
+        if job is None or _uid(job) != job_uid or not _ours(job, ctx):
             return Result(Finalized.GONE)
-        annotations = job["metadata"].get("annotations") or {}
-        if RESPONDED_ANNOTATION in annotations:  # answered before a crash: finish the job
+        answered = RESPONDED_ANNOTATION in (job["metadata"].get("annotations") or {})
+        verdict = None if answered else _decide(job, ctx, now, pod)
+        if verdict is None and not fresh:  # the copy may be behind: look at the Job as it is
+            job = None
+            continue
+        if answered:  # answered before a crash: finish the job
             _let_go(job, {}, ctx)
             return Result(Finalized.ALREADY_ANSWERED)
-        verdict = _decide(job, ctx, now)
         if verdict is None:
             return Result(Finalized.RUNNING)
         claim = _claim(job, ctx, now)
@@ -123,9 +149,15 @@ def finalize(job_name: str, job_uid: str, ctx: Context, now: datetime | None = N
             except Exception:
                 _drop_claim(job_name, ctx)  # a retry, or a redelivered copy, need not wait
                 raise
-        if claim is _Claim.HELD_ELSEWHERE or round_ == 2:
+        if claim is _Claim.HELD_ELSEWHERE and fresh:
             break
+        job = None  # read it again as it is now
     return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
+
+
+def _uid(job: dict[str, Any]) -> str | None:
+    uid = (job.get("metadata") or {}).get("uid")
+    return uid if isinstance(uid, str) else None
 
 
 def answer_deleted(job_name: str, job_uid: str, annotations: dict[str, str], ctx: Context) -> None:
@@ -140,8 +172,9 @@ def _answer_and_release(
     job: dict[str, Any], verdict: Verdict, ctx: Context, now: datetime
 ) -> Result:
     job_name = job["metadata"]["name"]
+    claimed = ctx.clock()
     response = _response(job, verdict, ctx)
-    renewed = _renewed(job, ctx)
+    renewed = _renewed(job, ctx) if ctx.clock() - claimed >= RENEW_AFTER else job
     if renewed is None:  # the log read outlived the claim and another worker took it over
         log.warning("claim on Job %s was taken over; leaving the answer to its holder", job_name)
         return Result(Finalized.CLAIMED, retry_in=CLAIM_TTL.total_seconds())
@@ -211,19 +244,19 @@ def _let_go(
     *,
     resource_version: str | None = None,
 ) -> None:
-    """Set `annotations`, drop our finalizer, and delete the Job — unless it ran to its end and
-    the idempotency window is on: then Kubernetes deletes it when the window closes (its TTL),
-    and until then the same task sent again is answered from it."""
+    """Set `annotations` and drop our finalizer. A Job that ran to its end is then left to its
+    TTL — the idempotency window, during which the same task sent again is answered from it,
+    or none — so Kubernetes deletes it without another request; any other Job is deleted."""
     name, window = job["metadata"]["name"], ctx.settings.idempotency_window_seconds
-    keep = window > 0 and job_finished(job) and not job["metadata"].get("deletionTimestamp")
+    ended = job_finished(job) and not job["metadata"].get("deletionTimestamp")
     released = ctx.kube.release_job(
         name,
         ANSWER_FINALIZER,
         annotations,
         resource_version=resource_version,
-        ttl_seconds=window if keep else None,
+        ttl_seconds=window if ended else None,
     )
-    if released is not None and not keep:
+    if released is not None and not ended:
         ctx.kube.delete_job(name)
 
 
@@ -245,11 +278,23 @@ def answer_again(job_name: str, route: ReplyRoute, ctx: Context) -> bool:
     return True
 
 
-def _decide(job: dict[str, Any], ctx: Context, now: datetime) -> Verdict | None:
+def _decide(
+    job: dict[str, Any], ctx: Context, now: datetime, ended_pod: dict[str, Any] | None = None
+) -> Verdict | None:
     """The verdict on the Job now, or None while it runs or waits for room (within its
-    queue timeout)."""
+    queue timeout). `ended_pod` (its pod that ended, as the watch showed it) spares the list
+    of its pods when the Job simply ran to its end."""
     uid = job["metadata"]["uid"]
-    pods = ctx.kube.list_pods(pods_of_job(uid))
+    meta = job["metadata"]
+    plain_end = (
+        job_finished(job)
+        and not meta.get("deletionTimestamp")
+        and CANCELLED_ANNOTATION not in (meta.get("annotations") or {})
+    )
+    if ended_pod is not None and plain_end:
+        pods = [ended_pod]
+    else:
+        pods = ctx.kube.list_pods(pods_of_job(uid))
     ended = _judge_ended(job, pods, ctx)
     if ended is not None:
         return ended

@@ -11,14 +11,19 @@ by a claim on the Job, so other replicas or a restarted process asking again is 
 
 The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
 with what the API server holds, so a missed deletion cannot keep a Job counted forever.
+
+Per Job only its uid, name and creation time are kept (a few hundred bytes), and for a Job whose
+pod ended but whose own end was not seen yet, a small copy of that pod: the request to finalize
+an ended Job carries the Job and its pod as the watches showed them, so answering it reads
+neither again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +33,8 @@ from dispatcher.kube.conventions import (
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
 )
-from dispatcher.kube.outcome import job_finished, pod_started, pod_stuck
+from dispatcher.kube.outcome import job_finished, pod_ended, pod_started, pod_stuck
+from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +46,15 @@ class FinalizeRequest:
     delay_seconds: float
     why: str
     deleted_annotations: dict[str, str] | None = None  # set when the Job vanished unanswered
+    # Hints, not identity: the Job as the watch showed it, and its pod that ended (small copies)
+    job: dict[str, Any] | None = field(default=None, compare=False)
+    pod: dict[str, Any] | None = field(default=None, compare=False)
 
 
 Schedule = Callable[[FinalizeRequest], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Active:
     name: str
     created: float  # POSIX seconds, from the Job's creationTimestamp
@@ -60,14 +69,12 @@ class Reactor:
         *,
         stuck_grace_seconds: float,
         queue_timeout_seconds: float = 0,
-        keep_answered: bool = False,
         on_job_seen: Callable[[str], None] | None = None,
         on_started: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._schedule = schedule
         self._grace = stuck_grace_seconds
         self._queue_timeout = queue_timeout_seconds
-        self._keep_answered = keep_answered  # answered Jobs that ran to their end stay a while
         self._on_job_seen = on_job_seen or (lambda name: None)
         self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
         self._lock = threading.Lock()
@@ -77,6 +84,7 @@ class Reactor:
         self._timed_out: set[str] = set()  # Job uids handed to finalize for their queue timeout
         self._active: dict[str, _Active] = {}  # Job uid -> Job seen and not yet ended
         self._started: set[str] = set()  # Job uids with a pod that has a node
+        self._ended_pods: dict[str, dict[str, Any]] = {}  # Job uid -> its pod that ended
 
     # -- what is active -------------------------------------------------------------------------
 
@@ -90,13 +98,14 @@ class Reactor:
         with self._lock:
             return len(self._active.keys() - self._started)
 
-    def jobs_listed(self, jobs: Iterable[dict[str, Any]]) -> None:
-        """After a (re-)list: forget every Job the API server no longer holds, so a missed
-        deletion neither keeps a Job counted as active nor its uid remembered forever."""
-        present = {job.get("metadata", {}).get("uid", "") for job in jobs}
+    def jobs_listed(self, present: set[str]) -> None:
+        """After a (re-)list, with the uids of the Jobs it held: forget every other Job, so a
+        missed deletion neither keeps a Job counted as active nor its uid remembered forever."""
         with self._lock:
             for uid in self._active.keys() - present:
                 del self._active[uid]
+            for uid in self._ended_pods.keys() - present:
+                del self._ended_pods[uid]
             for seen in (self._finishing, self._not_created, self._timed_out, self._started):
                 seen.intersection_update(present)
 
@@ -104,7 +113,7 @@ class Reactor:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
             sets = (self._finishing, self._not_created, self._timed_out, self._started)
-            return len(set(self._active).union(*sets))
+            return len(set(self._active).union(*sets, self._ended_pods))
 
     # -- Jobs -----------------------------------------------------------------------------------
 
@@ -127,7 +136,7 @@ class Reactor:
             return
         if RESPONDED_ANNOTATION in annotations:
             self._end(uid)
-            kept = self._keep_answered and job_finished(job)  # for the idempotency window
+            kept = job_finished(job)  # left to its TTL (the idempotency window, or none)
             held = ANSWER_FINALIZER in (meta.get("finalizers") or [])
             if event_type == "LISTED" and (held or not kept):  # a crash cut its release short
                 why = "answered, not yet let go of"
@@ -136,25 +145,31 @@ class Reactor:
         if meta.get("deletionTimestamp"):  # deleted unanswered: our finalizer holds it for us
             self._end(uid)
             why = "deleted before it was answered"
-            self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
+            request = FinalizeRequest(name, uid, 0.0, why, job=job_snapshot(job))
+            self._once(self._finishing, uid, request)
             return
         if not job_finished(job):
             with self._lock:
                 self._active.setdefault(uid, _Active(name, _created(meta)))
             return
+        with self._lock:
+            pod = self._ended_pods.get(uid)
         self._end(uid)
-        self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, "job ended"))
+        request = FinalizeRequest(name, uid, 0.0, "job ended", job=job_snapshot(job), pod=pod)
+        self._once(self._finishing, uid, request)
 
     def _end(self, uid: str) -> None:
         with self._lock:
             self._active.pop(uid, None)
             self._started.discard(uid)
+            self._ended_pods.pop(uid, None)
 
     def _forget(self, uid: str) -> None:
         with self._lock:
             for seen in (self._finishing, self._not_created, self._timed_out, self._started):
                 seen.discard(uid)
             self._active.pop(uid, None)
+            self._ended_pods.pop(uid, None)
 
     def _once(self, seen: set[str], key: str, request: FinalizeRequest) -> None:
         """Schedule `request` unless `key` was already scheduled; forget `key` again when
@@ -205,14 +220,20 @@ class Reactor:
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata", {})
         pod_uid = meta.get("uid", "")
+        labels = meta.get("labels") or {}
+        job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
         if event_type == "DELETED":
             with self._lock:
                 self._stuck.discard(pod_uid)
+                if job_uid:
+                    self._ended_pods.pop(job_uid, None)
             return
-        labels = meta.get("labels") or {}
-        job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
         if not job_name or not job_uid:
             return
+        if pod_ended(pod):  # kept until its Job's end is seen, which then needs no pod list
+            with self._lock:
+                if job_uid not in self._finishing:
+                    self._ended_pods[job_uid] = pod_snapshot(pod)
         if pod_started(pod):
             with self._lock:
                 first = job_uid not in self._started

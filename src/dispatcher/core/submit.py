@@ -52,14 +52,15 @@ def submit(
     try:
         created = kube.create_job(manifest)
     except ConflictError:
-        return _join(task, route, kube, settings.dispatcher_name)
+        return _join(task, route, kube, settings)
     log.info("created Job %s for image %s", task.id, task.image)
     if progress is not None:
         progress.queued(created)
     return Submitted.CREATED
 
 
-def _join(task: Task, route: ReplyRoute, kube: KubeGateway, installation: str) -> Submitted:
+def _join(task: Task, route: ReplyRoute, kube: KubeGateway, settings: Settings) -> Submitted:
+    installation, window = settings.dispatcher_name, settings.idempotency_window_seconds
     for _ in range(JOIN_ATTEMPTS):
         existing = kube.get_job(task.id)
         if existing is None:  # deleted between our create and get: try the create again
@@ -71,9 +72,10 @@ def _join(task: Task, route: ReplyRoute, kube: KubeGateway, installation: str) -
         if annotations.get(TASK_HASH_ANNOTATION) != task.digest():
             raise TaskConflictError(task.id)
         if RESPONDED_ANNOTATION in annotations:
-            if job_finished(existing) and not meta.get("deletionTimestamp"):
+            if window > 0 and job_finished(existing) and not meta.get("deletionTimestamp"):
                 return Submitted.ANSWERED  # kept for the idempotency window
-            # Answered with an error and being deleted: run it anew once it is gone.
+            # Answered and on its way out (no window, or answered with an error and being
+            # deleted): run it anew once it is gone.
             raise TransientKubeError(f"Job {task.id} was answered while this copy joined it")
         more = with_route(annotations, route)
         if more is None:  # this route is answered already (or the Job has all it may have)

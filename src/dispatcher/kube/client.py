@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -75,13 +75,26 @@ def error_from_response(response: httpx2.Response, action: str) -> KubeError:
     return _PERMANENT_BY_STATUS.get(status, PermanentKubeError)(text, status)
 
 
+RequestCounter = Callable[[str, str], None]
+"""Told of every request made, with its verb (get, list, watch, create, patch, delete, log) and
+resource (jobs, pods, ...): how the dispatcher's load on the API server is counted."""
+
+
 class KubeClient:
     """JSON calls against one namespace. Thread-safe: the HTTP client pools connections."""
 
-    def __init__(self, http: httpx2.Client, namespace: str, *, field_manager: str = "dispatcher"):
+    def __init__(
+        self,
+        http: httpx2.Client,
+        namespace: str,
+        *,
+        field_manager: str = "dispatcher",
+        on_request: RequestCounter | None = None,
+    ):
         self._http = http
         self.namespace = namespace
         self._field_manager = field_manager
+        self.on_request: RequestCounter = on_request or (lambda verb, resource: None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeClient:
@@ -109,7 +122,20 @@ class KubeClient:
             path += "/" + sub
         return path
 
+    def _count(self, method: str, path: str, params: Mapping[str, str] | None) -> None:
+        parts = path.split("/")
+        resource = parts[parts.index("namespaces") + 2] if "namespaces" in parts else "?"
+        named = len(parts) > parts.index(resource) + 1 if resource in parts else False
+        if path.endswith("/log"):
+            verb = "log"
+        elif method == "GET":
+            verb = "get" if named else "watch" if (params or {}).get("watch") else "list"
+        else:
+            verb = {"POST": "create", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
+        self.on_request(verb, resource)
+
     def _call(self, method: str, path: str, action: str, **kwargs: Any) -> httpx2.Response:
+        self._count(method, path, kwargs.get("params"))
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx2.RequestError as exc:  # transport failures and undecodable bodies
@@ -225,6 +251,7 @@ class KubeClient:
         self, path: str, params: Mapping[str, str], action: str, *, read_timeout: float
     ) -> Iterator[httpx2.Response]:
         """A streamed GET whose HTTP and transport errors become KubeErrors; always closed."""
+        self._count("GET", path, params)
         request = self._http.build_request(
             "GET", path, params=params, timeout=httpx2.Timeout(15.0, read=read_timeout)
         )
@@ -247,15 +274,31 @@ class KubeClient:
     ) -> tuple[list[KubeObject], str]:
         """Every matching object, read in pages of `page_size` (one consistent snapshot), and
         the snapshot's resourceVersion to watch from."""
-        params = {"labelSelector": selector, "fieldSelector": fields, "limit": str(page_size)}
         items: list[KubeObject] = []
+        version = self.list_each(kind, selector, fields, items.append, page_size=page_size)
+        return items, version
+
+    def list_each(
+        self,
+        kind: str,
+        selector: str,
+        fields: str,
+        handle: Callable[[KubeObject], None],
+        *,
+        page_size: int = LIST_PAGE_SIZE,
+    ) -> str:
+        """Hand every matching object to `handle` as its page arrives (pages of `page_size`,
+        one consistent snapshot); the snapshot's resourceVersion."""
+        params = {"labelSelector": selector, "fieldSelector": fields, "limit": str(page_size)}
         while True:
             data = self._json("GET", self._path(kind), f"list {kind}", params=params)
-            items += data.get("items") or []
+            for item in data.get("items") or ():
+                handle(item)
             token = data["metadata"].get("continue")
             if not token:
-                return items, str(data["metadata"]["resourceVersion"])
+                return str(data["metadata"]["resourceVersion"])
             params = {**params, "continue": token}
+            del data  # the next page need not wait for this one's memory
 
     def watch_objects(
         self,

@@ -6,7 +6,7 @@ loop can both name it; `dispatcher.kube.client.KubeClient` implements it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 
@@ -16,6 +16,13 @@ class Lister(Protocol):
     ) -> tuple[list[dict[str, Any]], str]:
         """Objects of `kind` matching the label and field selectors, and the list's
         resourceVersion."""
+        ...
+
+    def list_each(
+        self, kind: str, selector: str, fields: str, handle: Callable[[dict[str, Any]], None]
+    ) -> str:
+        """Hand every matching object to `handle`, page by page as the pages arrive (never all
+        of them in memory at once), and return the list's resourceVersion."""
         ...
 
     def watch_objects(

@@ -107,15 +107,15 @@ def pod_started(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("spec") or {}).get("nodeName"))
 
 
+def pod_ended(pod: Mapping[str, Any]) -> bool:
+    """True when the pod ran to its end and was not disrupted: it can decide its Job."""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in _TERMINAL_PHASES and _condition(pod, "DisruptionTarget") is None
+
+
 def deciding_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The newest pod that ran to its end and was not disrupted, or None."""
-    candidates = [
-        pod
-        for pod in pods
-        if (pod.get("status") or {}).get("phase") in _TERMINAL_PHASES
-        and _condition(pod, "DisruptionTarget") is None
-    ]
-    return max(candidates, key=_age_key, default=None)
+    return max(filter(pod_ended, pods), key=_age_key, default=None)
 
 
 def judge_finished(

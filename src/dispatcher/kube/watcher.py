@@ -1,11 +1,11 @@
 """One list+watch loop per kind over all of this dispatcher's objects.
 
-Split as kopf does it: `run` reconnects forever with backoff; `_list_then_watch` lists, hands
-every object to the handler (this is how Jobs that ended while the dispatcher was down are
-found), then watches from the list's resourceVersion and re-lists on 410 Gone; a stream cut by a
-transient error is resumed from the last resourceVersion seen (a few times, then it lists again);
-each watch request is one bounded stream with bookmarks. A stream that ends quietly only means
-"watch again" — never that a Job failed.
+Split as kopf does it: `run` reconnects forever with backoff; `_list_then_watch` lists page by
+page, hands every object to the handler as its page arrives (this is how Jobs that ended while
+the dispatcher was down are found), then watches from the list's resourceVersion and re-lists
+on 410 Gone; a stream cut by a transient error is resumed from the last resourceVersion seen (a
+few times, then it lists again); each watch request is one bounded stream with bookmarks. A
+stream that ends quietly only means "watch again" — never that a Job failed.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Watcher:
         *,
         timeout_seconds: int = 240,
         on_restart: Callable[[str], None] | None = None,
-        on_listed: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_listed: Callable[[set[str]], None] | None = None,
         fields: str = "",
     ) -> None:
         self._kube = kube
@@ -60,7 +60,7 @@ class Watcher:
         self._handler = handler
         self._timeout = timeout_seconds
         self._on_restart = on_restart or (lambda reason: None)
-        self._on_listed = on_listed or (lambda items: None)
+        self._on_listed = on_listed or (lambda uids: None)  # the uids the list held
         self._stopping = threading.Event()
         self._failures = 0
         self._handler_failed = False
@@ -96,12 +96,16 @@ class Watcher:
         self._on_restart(reason)
 
     def _list_then_watch(self) -> None:
-        items, version = self._kube.list_objects(self.kind, self._selector, self._fields)
-        log.debug("listed %d %s at resourceVersion %s", len(items), self.kind, version)
         self._handler_failed = False
-        for obj in items:
+        present: set[str] = set()
+
+        def listed(obj: dict[str, Any]) -> None:
+            present.add(obj.get("metadata", {}).get("uid", ""))
             self._handle("LISTED", obj)
-        self._on_listed(items)
+
+        version = self._kube.list_each(self.kind, self._selector, self._fields, listed)
+        log.debug("listed %d %s at resourceVersion %s", len(present), self.kind, version)
+        self._on_listed(present)
         if not self._handler_failed:
             self._failures = 0  # all is well again: the next failure backs off from the start
         self.established.set()

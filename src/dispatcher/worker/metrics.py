@@ -78,6 +78,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.kube_requests = Counter(
+            "dispatcher_kube_api_requests",
+            "Requests made to the Kubernetes API, by verb (get, list, watch, create, patch, "
+            "delete, log) and resource.",
+            ["verb", "resource"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             "dispatcher_watch_restarts",
             "Watch streams restarted, by resource and reason (resumed, error, expired).",

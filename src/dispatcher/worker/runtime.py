@@ -53,7 +53,10 @@ class Runtime:
     @cached_property
     def kube(self) -> KubeClient:
         with self._lock:
-            return KubeClient.from_settings(self.settings)
+            client = KubeClient.from_settings(self.settings)
+        requests = self.metrics.kube_requests
+        client.on_request = lambda verb, resource: requests.labels(verb, resource).inc()
+        return client
 
     def connect_kube(self) -> KubeClient:
         """Load the Kubernetes configuration (raises KubeError naming what is wrong)."""

@@ -36,6 +36,7 @@ SCHEDULE_RETRY_POLICY = {
 
 
 SWEEP_SECONDS = 5.0
+PODS_FIRST_SECONDS = 30.0
 
 
 class JobWatchStep(bootsteps.StartStopStep):
@@ -57,9 +58,13 @@ class JobWatchStep(bootsteps.StartStopStep):
                 request.delay_seconds,
                 request.why,
             )
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             if request.deleted_annotations is not None:
                 kwargs["deleted_annotations"] = request.deleted_annotations
+            if request.job is not None:
+                kwargs["job"] = request.job
+            if request.pod is not None:
+                kwargs["pod"] = request.pod
             finalize.apply_async(
                 args=[request.job_name, request.job_uid],
                 kwargs=kwargs,
@@ -71,7 +76,6 @@ class JobWatchStep(bootsteps.StartStopStep):
             schedule,
             stuck_grace_seconds=settings.image_pull_grace_seconds,
             queue_timeout_seconds=settings.queue_timeout_seconds,
-            keep_answered=settings.idempotency_window_seconds > 0,
             on_job_seen=runtime.admission.settled,
             on_started=runtime.progress.running if runtime.progress.enabled else None,
         )
@@ -79,10 +83,10 @@ class JobWatchStep(bootsteps.StartStopStep):
         runtime.metrics.track_jobs(reactor.active_jobs, reactor.waiting_jobs)
         selector = label_selector(settings.dispatcher_name)
         restarts = runtime.metrics.watch_restarts
-        watches = (
-            ("jobs", selector, "", reactor.on_job, reactor.jobs_listed),
+        watches = (  # the pods first: see _run_after
             ("pods", selector, "", reactor.on_pod, None),
             ("events", "", FAILED_CREATE_EVENTS, reactor.on_event, None),
+            ("jobs", selector, "", reactor.on_job, reactor.jobs_listed),
         )
         for kind, labels, fields, handler, on_listed in watches:
 
@@ -100,7 +104,13 @@ class JobWatchStep(bootsteps.StartStopStep):
                 fields=fields,
             )
             runtime.watchers.append(watcher)
-            threading.Thread(target=watcher.run, name=f"watch-{kind}", daemon=True).start()
+            first = runtime.watchers[0]
+            threading.Thread(
+                target=_run_after,
+                args=(watcher, None if watcher is first else first),
+                name=f"watch-{kind}",
+                daemon=True,
+            ).start()
         self._sweeping.clear()
         threading.Thread(
             target=self._sweep, args=(reactor,), name="queue-sweep", daemon=True
@@ -118,6 +128,14 @@ class JobWatchStep(bootsteps.StartStopStep):
         self._sweeping.set()
         for watcher in parent.app.dispatcher.watchers:
             watcher.stop()
+
+
+def _run_after(watcher: Watcher, first: Watcher | None) -> None:
+    """Run `watcher` once `first` has listed (or PODS_FIRST_SECONDS passed): the Jobs that ended
+    while no worker ran are then handed to finalize with their pods, which it need not list."""
+    if first is not None:
+        first.established.wait(PODS_FIRST_SECONDS)
+    watcher.run()
 
 
 class HealthStep(bootsteps.StartStopStep):

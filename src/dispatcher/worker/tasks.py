@@ -68,9 +68,19 @@ def submit_task(self: Task, task: dict[str, Any], route: dict[str, Any]) -> str:
 
 
 def finalize_task(
-    self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None = None
+    self: Task,
+    job_name: str,
+    job_uid: str,
+    deleted_annotations: dict[str, str] | None = None,
+    *,
+    job: dict[str, Any] | None = None,
+    pod: dict[str, Any] | None = None,
 ) -> str:
-    return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations))
+    """`job` and `pod` are what the watch showed when it asked (small copies): the first
+    execution answers from them without reading the Job again; a retry reads it."""
+    first = self.request.retries == 0
+    seen = {"job": job, "pod": pod} if first else {}
+    return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations, **seen))
 
 
 def cancel_task(self: Task, task_id: str, route: dict[str, Any]) -> str:
@@ -161,7 +171,13 @@ def _submit_or_answer_again(self: Task, task: ParsedTask, reply: ReplyRoute) -> 
 
 
 def _finalize(
-    self: Task, job_name: str, job_uid: str, deleted_annotations: dict[str, str] | None
+    self: Task,
+    job_name: str,
+    job_uid: str,
+    deleted_annotations: dict[str, str] | None,
+    *,
+    job: dict[str, Any] | None = None,
+    pod: dict[str, Any] | None = None,
 ) -> str:
     runtime = self.app.dispatcher
     retries = self.request.retries
@@ -173,7 +189,7 @@ def _finalize(
         runtime.metrics.jobs_finished.labels("deleted").inc()
         return "answered"
     try:
-        result = finalize(job_name, job_uid, context)
+        result = finalize(job_name, job_uid, context, seen=job, pod=pod)
     except BROKER_ERRORS:
         raise
     except TransientKubeError as exc:
