@@ -14,23 +14,32 @@ Settings come from the environment (see the README). A bad setting, flag or task
 command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
 code (1 for an error answer, 124 when the wait times out, 130 when interrupted: the task goes
 on); on a terminal it shows the task's progress on one line of standard error meanwhile.
+`cancel` exits 0 when the task was cancelled, 1 when the answer is an error (not in progress),
+124 when no answer came in time, 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from dispatcher.amqp import permissions as amqp_permissions
 from dispatcher.config import SETTINGS_TABLE, Settings
-from dispatcher.errors import ClientError, ConfigError, InvalidTaskError, KubeError
+from dispatcher.errors import (
+    ClientError,
+    ConfigError,
+    InvalidTaskError,
+    KubeError,
+    ResponseTimeout,
+)
 
 if TYPE_CHECKING:
     from dispatcher.client import TaskHandle
@@ -77,13 +86,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handler[args.command](args, settings)
+    except ResponseTimeout as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
     except ClientError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return EXIT_ERROR_RESPONSE
+    except KeyboardInterrupt:
+        print("dispatcher: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is one line naming the flag (not the whole usage text), and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="dispatcher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     worker = sub.add_parser("worker", help="run the Celery worker with the task consumer and watch")
     worker.add_argument(
@@ -93,8 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("file", nargs="?", help="task JSON file, or - to read standard input")
     submit.add_argument("--id", help="task id (default: from the file, else task-<random>)")
     submit.add_argument("--image", help="container image")
-    submit.add_argument("--cmd", action="append", metavar="ITEM", help="command item (repeat)")
-    submit.add_argument("--arg", action="append", metavar="ITEM", help="argument item (repeat)")
+    submit.add_argument(
+        "--cmd", action="append", metavar="ITEM", help="command item (repeat; --cmd=-x for a dash)"
+    )
+    submit.add_argument(
+        "--arg", action="append", metavar="ITEM", help="argument item (repeat; --arg=-x for a dash)"
+    )
     submit.add_argument(
         "--env", action="append", metavar="NAME=VALUE", help="environment variable (repeat)"
     )
@@ -104,12 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--mount", help=f"volume_mount_path (default {DEFAULT_MOUNT})")
     submit.add_argument("--workdir", help="working_dir")
     submit.add_argument("--wait", action="store_true", help="wait for the response and print it")
-    submit.add_argument("--wait-timeout", type=float, default=300.0, help="seconds to wait (300)")
+    submit.add_argument(
+        "--wait-timeout", type=_wait_seconds, default=300.0, help="seconds to wait (300)"
+    )
     submit.add_argument("--correlation-id", default=None, help="AMQP correlation_id to send")
     cancel = sub.add_parser("cancel", help="stop a task in progress")
     cancel.add_argument("id", help="the task id")
     cancel.add_argument("--no-wait", action="store_true", help="send the request and return")
-    cancel.add_argument("--wait-timeout", type=float, default=60.0, help="seconds to wait (60)")
+    cancel.add_argument(
+        "--wait-timeout", type=_wait_seconds, default=60.0, help="seconds to wait (60)"
+    )
     sub.add_parser("config", help="check the settings and print them (secrets hidden)")
     permissions = sub.add_parser(
         "permissions",
@@ -163,6 +193,16 @@ def _seconds(raw: str) -> int:
     if raw.isdigit() and int(raw) >= 1:
         return int(raw)
     raise argparse.ArgumentTypeError(f"must be a whole number of seconds (1 or more), got {raw!r}")
+
+
+def _wait_seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value > 0 and math.isfinite(value):
+        return value
+    raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {raw!r}")
 
 
 def _task_document(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,6 +284,9 @@ def _wait(handle: TaskHandle, timeout: float) -> Response | int | None:
                 return response
         return None
     except KeyboardInterrupt:
+        if line is not None:  # the hint goes on a line of its own
+            line.clear()
+            line = None
         print(
             f"dispatcher: stopped waiting; task {handle.id} goes on "
             f"(stop it with: dispatcher cancel {handle.id})",
@@ -285,11 +328,10 @@ def _print_response(response: Response) -> int:
 
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.client import Client
-    from dispatcher.messages.task import Cancel, parse_message
+    from dispatcher.client.inbox import checked_cancel
 
-    request = Cancel(args.id).to_json()
     try:
-        parse_message(json.dumps(request))  # the same check the worker makes
+        request = checked_cancel(args.id).to_json()  # the same check the worker makes
     except InvalidTaskError as exc:
         print(f"dispatcher: invalid request: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -304,8 +346,11 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InvalidTaskError("FILE", f"cannot be read: {exc.strerror} ({path})") from None
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:

@@ -130,15 +130,23 @@ def test_ctrl_c_stops_waiting_and_leaves_the_task_running(dispatcher: Dispatcher
     code = session.wait()
 
     assert code == 130
-    assert f"stop it with: dispatcher cancel {task_id}" in session.screen
+    # The progress line is erased first: the hint stands on a line of its own.
+    assert (
+        f"\r\x1b[Kdispatcher: stopped waiting; task {task_id} goes on "
+        f"(stop it with: dispatcher cancel {task_id})" in session.screen
+    )
     # The task went on and was answered on the response queue (its waiter's queue is gone).
     assert broker.response(timeout=90) == {"id": task_id, "output": "on\n", "exit": 0}
 
 
 def test_exit_codes_for_success_error_timeout_and_bad_flags(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
+    stopped = unique("cli-deadline")
 
     ok = run_cli(broker, "submit", "--wait", *flags("echo fine"))
+    answered_error = run_cli(
+        broker, "submit", "--id", stopped, "--wait", "--timeout", "2", *flags("echo on; sleep 60")
+    )
     error = run_cli(broker, "submit", "--wait", "--image", "localhost/none:1", "--timeout", "0")
     slow = run_cli(broker, "submit", "--wait", "--wait-timeout", "1", *flags("sleep 5"))
     bad_env = run_cli(broker, "submit", "--wait", "--env", "NOEQUALS", *flags("true"))
@@ -146,8 +154,17 @@ def test_exit_codes_for_success_error_timeout_and_bad_flags(dispatcher: Dispatch
 
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["output"] == "fine\n"
+    assert answered_error.returncode == 1, answered_error.stderr
+    assert json.loads(answered_error.stdout) == {
+        "id": stopped,
+        "output": "on\n",
+        "error": "deadline exceeded: the task ran longer than 2 s",
+    }
     assert error.returncode == 2
-    assert "--timeout: must be a whole number of seconds" in error.stderr
+    assert error.stderr == (
+        "dispatcher submit: argument --timeout: must be a whole number of seconds (1 or more), "
+        "got '0' (see dispatcher submit --help)\n"
+    )
     assert slow.returncode == 124
     assert "no response within 1 s" in slow.stderr
     assert bad_env.returncode == 2

@@ -113,3 +113,38 @@ def test_the_async_client_runs_submits_follows_and_cancels(dispatcher: Dispatche
     assert states == ["queued", "running"]
     assert cancelled.id == doomed["id"]
     assert cancelled.error == "cancelled"
+
+
+def test_the_async_client_awaits_a_cancel_and_another_tasks_answer_together(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    slow, doomed = task("sleep 8; echo slow"), task("echo up; sleep 300")
+
+    async def scenario() -> tuple[Response, Response, Response, Response]:
+        async with (
+            AsyncClient(settings_of(broker)) as client,
+            await client.submit(slow) as waiting,
+            await client.submit(doomed) as handle,
+        ):
+            with pytest.raises(ResponseTimeout, match=f"^no response for task {slow['id']}"):
+                await waiting.result(timeout=0.5)
+            await asyncio.sleep(5)  # let the doomed pod start and print
+            cancelled, unknown, answer = await asyncio.gather(
+                handle.cancel(timeout=60),
+                client.cancel("no-such-async-task", timeout=60),
+                waiting.result(timeout=90),
+            )
+            own = await handle.result(timeout=30)
+        return cancelled, unknown, answer, own
+
+    cancelled, unknown, answer, own = asyncio.run(scenario())
+
+    assert answer == Response(id=slow["id"], output="slow\n", exit=0)
+    assert cancelled == own  # the same answer on the task's route and on the cancel's
+    assert own.id == doomed["id"]
+    assert own.error == "cancelled"
+    assert own.output in ("up\n", None)
+    assert unknown.error is not None
+    assert unknown.error.startswith("cancel: task 'no-such-async-task' is not in progress")
+    assert broker.no_more_responses(1) == []  # all on the client's own queues

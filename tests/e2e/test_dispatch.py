@@ -316,9 +316,14 @@ def test_unknown_fields_and_attempts_to_choose_privileges_are_ignored(
     assert caps.split() == ["CapEff:", "0000000000000000"]
 
 
-def submit_wait(broker: Broker, task_file: Path, timeout: str) -> subprocess.CompletedProcess[str]:
-    """`dispatcher submit FILE --wait --wait-timeout T` as a user runs it."""
-    return run_cli(broker, "submit", str(task_file), "--wait", "--wait-timeout", timeout)
+def submit_wait(
+    broker: Broker, sent: dict[str, Any], folder: Path, timeout: str
+) -> subprocess.CompletedProcess[str]:
+    """`dispatcher submit FILE --wait --wait-timeout T` as a user runs it, FILE (in `folder`)
+    holding the task `sent`."""
+    path = folder / f"{sent['id']}.json"
+    path.write_text(json.dumps(sent))
+    return run_cli(broker, "submit", str(path), "--wait", "--wait-timeout", timeout)
 
 
 def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
@@ -326,10 +331,8 @@ def test_cli_submit_wait_prints_the_response_and_exits_with_the_jobs_code(
 ) -> None:
     broker, _ = dispatcher
     sent = task("echo from-cli; exit 4")
-    path = tmp_path / "task.json"
-    path.write_text(json.dumps(sent))
 
-    result = submit_wait(broker, path, "90")
+    result = submit_wait(broker, sent, tmp_path, "90")
 
     assert result.returncode == 4, result.stderr
     assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-cli\n", "exit": 4}
@@ -341,11 +344,9 @@ def test_submit_wait_run_again_after_a_timeout_gets_the_answer_and_none_is_dropp
 ) -> None:
     broker, _ = dispatcher
     sent = task("sleep 6; echo late")
-    path = tmp_path / "task.json"
-    path.write_text(json.dumps(sent))
 
-    gave_up = submit_wait(broker, path, "1")  # its private reply queue goes with it
-    again = submit_wait(broker, path, "90")  # the same task: joins the Job with its own route
+    gave_up = submit_wait(broker, sent, tmp_path, "1")  # its private reply queue goes with it
+    again = submit_wait(broker, sent, tmp_path, "90")  # the same task: joins the Job's routes
 
     assert gave_up.returncode == EXIT_TIMEOUT, gave_up.stderr
     assert again.returncode == 0, again.stderr

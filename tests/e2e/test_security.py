@@ -3,6 +3,7 @@ sealed internal messages, and reply_to limited to reply queues."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -21,7 +22,10 @@ from amqp.exceptions import AccessRefused
 from kombu import Connection, Exchange, Producer, Queue
 
 from dispatcher.amqp import permissions
+from dispatcher.client import AsyncClient
 from dispatcher.config import Settings
+from dispatcher.errors import ClientError
+from dispatcher.messages.response import Response
 from tests.support.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, running, stack_env
 
 pytestmark = pytest.mark.cluster
@@ -146,6 +150,69 @@ def test_the_cli_sends_a_task_and_waits_for_it_as_a_producer(
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"id": sent["id"], "output": "from-a-producer\n", "exit": 0}
+
+
+def test_the_async_client_follows_a_task_as_a_producer(
+    secured: tuple[Broker, Worker, Users],
+) -> None:
+    """The asyncio client with a producer's user: it declares nothing of the dispatcher's, its
+    reply queue gets the progress events and the answer."""
+    broker, _, users = secured
+    sent = task()
+    settings = Settings.from_env(
+        {
+            **broker.instance.env(),
+            "AMQP_USER": users.names["producer"],
+            "AMQP_PASSWORD": users.passwords["producer"],
+        }
+    )
+
+    async def follow() -> tuple[list[str], Response]:
+        async with AsyncClient(settings) as client, await client.submit(sent) as handle:
+            states = [event.state async for event in handle.events(timeout=90)]
+            return states, await handle.result(timeout=10)
+
+    states, response = asyncio.run(follow())
+
+    assert response == Response(id=sent["id"], output="from-a-producer\n", exit=0)
+    assert states[-1] == "succeeded"
+    assert "running" in states
+
+
+def test_a_task_that_no_queue_takes_is_refused_by_both_clients_not_lost(
+    secured: tuple[Broker, Worker, Users], tmp_path: Path
+) -> None:
+    """A producer whose TASK_ROUTING_KEY is not the worker's: the broker returns the task, and
+    the CLI and the asyncio client say so instead of waiting for an answer that cannot come."""
+    broker, _, users = secured
+    env = {
+        **broker.instance.env(),
+        "AMQP_USER": users.names["producer"],
+        "AMQP_PASSWORD": users.passwords["producer"],
+        "TASK_ROUTING_KEY": "not-the-workers",
+    }
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(task()))
+    error = (
+        f"no queue takes messages routed 'not-the-workers' on the exchange "
+        f"'{env['TASK_EXCHANGE_NAME']}': the broker returned the task unsent (is TASK_ROUTING_KEY "
+        "the worker's?)"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", "submit", str(path), "--wait"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    async def submit() -> None:
+        async with AsyncClient(Settings.from_env(env)) as client:
+            await client.submit(task())
+
+    assert (result.returncode, result.stderr) == (1, f"dispatcher: {error}\n")
+    with pytest.raises(ClientError) as caught:
+        asyncio.run(submit())
+    assert str(caught.value) == error
+    assert broker.no_more_responses(2) == []
 
 
 def test_a_producer_cannot_write_to_the_internal_queue_or_by_queue_name(

@@ -4,6 +4,7 @@ and can present a client certificate."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.client import AsyncClient
+from dispatcher.config import Settings
+from dispatcher.errors import ClientError
+from dispatcher.messages.response import Response
 from tests.support.stack import Broker, Instance, Worker, rabbitmqctl, running, stack_env
 
 pytestmark = pytest.mark.cluster
@@ -95,6 +100,33 @@ def test_the_cli_presents_a_client_certificate(
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["output"] == "over-tls\n"
+
+
+def test_the_async_client_speaks_tls_and_checks_the_brokers_name(
+    over_tls: tuple[Broker, Worker],
+) -> None:
+    broker, _ = over_tls
+    env = stack_env()
+    with_certificate = Settings.from_env(
+        {
+            **broker.instance.env(),
+            "AMQP_CERT_FILE": env["STACK_AMQP_CLIENT_CERT"],
+            "AMQP_KEY_FILE": env["STACK_AMQP_CLIENT_KEY"],
+        }
+    )
+    other_name = Settings.from_env(
+        {**broker.instance.env(), "AMQP_SERVER_NAME": "not-the-broker.example"}
+    )
+    sent = task()
+
+    async def run() -> Response:
+        async with AsyncClient(with_certificate) as client:
+            return await client.run(sent, timeout=90)
+
+    assert asyncio.run(run()) == Response(id=str(sent["id"]), output="over-tls\n", exit=0)
+    with pytest.raises(ClientError, match=r"^cannot connect to RabbitMQ at localhost:") as caught:
+        asyncio.run(AsyncClient(other_name).connect())
+    assert "Hostname mismatch" in str(caught.value)
 
 
 def test_a_broker_certificate_of_another_ca_or_name_is_refused(

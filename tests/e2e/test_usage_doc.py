@@ -70,6 +70,9 @@ def test_every_example_in_the_usage_guide_prints_what_it_shows(dispatcher: Dispa
         "follow-and-cancel",
         "async",
         "cli",
+        "cli-file",
+        "cli-error",
+        "cli-bad-flag",
         "cli-cancel",
     ]
 

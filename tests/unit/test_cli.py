@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.cli import _parser, _task_document
+from dispatcher.cli import _parser, _ProgressLine, _task_document
+from dispatcher.messages.progress import ProgressEvent
 
 
 def dispatcher(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -98,16 +99,53 @@ def test_flags_build_the_task_and_a_command_after_the_double_dash_keeps_its_dash
     ("argv", "line"),
     [
         pytest.param(
-            ["submit", "--timeout", "0"], "argument --timeout: must be a whole number", id="timeout"
+            ["submit", "--timeout", "0"],
+            "dispatcher submit: argument --timeout: must be a whole number of seconds "
+            "(1 or more), got '0' (see dispatcher submit --help)",
+            id="timeout",
         ),
-        pytest.param(["cancel", "x", "--", "sh"], "only submit takes a command after --", id="dd"),
+        pytest.param(
+            ["submit", "--wait-timeout", "soon"],
+            "dispatcher submit: argument --wait-timeout: must be a number of seconds above 0, "
+            "got 'soon' (see dispatcher submit --help)",
+            id="wait-timeout",
+        ),
+        pytest.param(
+            ["cancel", "x", "--wait-timeout", "-1"],
+            "dispatcher cancel: argument --wait-timeout: must be a number of seconds above 0, "
+            "got '-1' (see dispatcher cancel --help)",
+            id="cancel-wait-timeout",
+        ),
+        pytest.param(
+            ["submit", "--memroy"],
+            "dispatcher: unrecognized arguments: --memroy (see dispatcher --help)",
+            id="unknown-flag",
+        ),
+        pytest.param(
+            ["cancel", "x", "--", "sh"],
+            "dispatcher: only submit takes a command after -- (see dispatcher --help)",
+            id="dd",
+        ),
+        pytest.param(
+            ["submit", "/nonexistent/task.json", "--wait"],
+            "dispatcher: invalid task: FILE: cannot be read: No such file or directory "
+            "(/nonexistent/task.json)",
+            id="missing-file",
+        ),
+        pytest.param(
+            ["cancel", "Not An Id"],
+            "dispatcher: invalid request: cancel: must be an RFC 1035 label: 1 to 63 lower-case "
+            "letters, digits or '-', starting with a letter and ending with a letter or digit",
+            id="cancel-id",
+        ),
     ],
 )
-def test_bad_flags_are_refused_with_exit_status_2(argv: list[str], line: str) -> None:
+def test_bad_flags_are_refused_with_one_line_and_exit_status_2(argv: list[str], line: str) -> None:
     result = dispatcher(*argv)
 
     assert result.returncode == 2
-    assert line in result.stderr
+    assert result.stderr == line + "\n"
+    assert result.stdout == ""
 
 
 def test_the_permissions_printed_are_those_docs_security_shows() -> None:
@@ -126,3 +164,58 @@ def test_definitions_need_the_producers_password() -> None:
 
     assert result.returncode == 2
     assert result.stderr.startswith("dispatcher: PRODUCER_AMQP_PASSWORD: ")
+
+
+def test_flags_extend_the_files_env_and_resources_and_override_its_fields(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "task.json"
+    path.write_text(
+        '{"id": "from-file", "image": "old:1", "cmd": ["a"], "volume_mount_path": "/data",'
+        ' "env": {"A": "1", "B": "old"}, "resources": {"cpu": "1", "memory": "1Gi"}}'
+    )
+    argv = [str(path), "--image", "new:2", "--cmd", "b", "--cmd", "c", "--arg=-v"]
+    argv += ["--env", "B=new", "--memory", "2Gi", "--workdir", "/data/in", "--id", "flagged"]
+    args = _parser().parse_args(["submit", *argv])
+    args.container_command = None
+
+    assert _task_document(args) == {
+        "id": "flagged",
+        "image": "new:2",
+        "volume_mount_path": "/data",
+        "working_dir": "/data/in",
+        "cmd": ["b", "c"],
+        "args": ["-v"],
+        "env": {"A": "1", "B": "new"},
+        "resources": {"cpu": "1", "memory": "2Gi"},
+    }
+
+
+def test_without_a_file_or_an_id_a_task_gets_a_fresh_id_and_the_default_mount() -> None:
+    args = _parser().parse_args(["submit", "--image", "busybox:1.36"])
+    args.container_command = None
+
+    document = _task_document(args)
+
+    assert document["id"].startswith("task-")
+    assert document["volume_mount_path"] == "/work"
+
+
+def test_the_progress_line_is_rewritten_in_place_and_erased(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = _ProgressLine("t-1")
+
+    line.show(None)
+    line.show(ProgressEvent("t-1", "queued", "2026-12-05T04:00:00Z"))
+    line.show(None)  # nothing new: the same state, the time waited goes on
+    line.show(ProgressEvent("t-1", "running", "2026-12-05T04:00:01Z", node="node-1"))
+    line.clear()
+
+    assert capsys.readouterr().err == (
+        "\r\x1b[Kt-1: sent (0 s)"
+        "\r\x1b[Kt-1: queued (0 s)"
+        "\r\x1b[Kt-1: queued (0 s)"
+        "\r\x1b[Kt-1: running on node-1 (0 s)"
+        "\r\x1b[K"
+    )

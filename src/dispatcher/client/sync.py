@@ -1,53 +1,43 @@
-"""A Python client for the people and services that submit work: sync and asyncio.
+"""The blocking client: :class:`Client` and the :class:`TaskHandle` of each submitted task.
 
-    from dispatcher.client import Client
-
-    with Client.from_env() as client:
-        response = client.run({"id": "hello-1", "image": "busybox:1.36",
-                               "volume_mount_path": "/work", "cmd": ["echo", "hi"]}, timeout=120)
-        print(response.exit, response.output)
-
-A task (a :class:`~dispatcher.messages.task.Task` or a JSON-like dict) is checked with the same
-rules and the same operator limits (from the same environment) as the worker applies, so a bad
-task fails here with the same one-line :class:`~dispatcher.errors.InvalidTaskError` before it is
-sent. Each submitted task gets a private, server-named, exclusive reply queue: the response comes
-back there by ``reply_to`` + ``correlation_id``, and when ``PROGRESS_EXCHANGE_NAME`` is set the
-same queue is bound to the progress exchange with the task id, so :meth:`TaskHandle.events`
-yields the task's ``queued``, ``running`` and final events. :meth:`TaskHandle.cancel` sends
-``{"cancel": id}`` with the same ``reply_to`` and the correlation id ``<correlation_id>.cancel``,
-so the task's own answer and the cancel's answer are told apart.
-
-A :class:`Client` holds one AMQP connection and is not thread-safe; use one per thread.
-:class:`AsyncClient` offers the same calls as coroutines; it runs one :class:`Client` on a
-dedicated thread (AMQP I/O is blocking kombu underneath), so it never blocks the event loop.
+A :class:`Client` holds one AMQP connection (kombu) and is not thread-safe: use one per thread,
+or :class:`~dispatcher.client.aio.AsyncClient` from asyncio code. Each handle has a channel and
+a private, server-named, exclusive reply queue of its own; the response comes back there by
+``reply_to`` + ``correlation_id`` and, with ``PROGRESS_EXCHANGE_NAME`` set, the same queue is
+bound to the progress exchange with the task id. Closing the handle drops the queue; the task
+goes on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
 import time
-import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from amqp.exceptions import AccessRefused, NotFound
+from amqp.exceptions import AccessRefused, AMQPError, NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from dispatcher.amqp.topology import progress_exchange, task_exchange, task_queue
+from dispatcher.client.inbox import (
+    CONTENT_TYPE,
+    Inbox,
+    cancel_correlation_id,
+    checked_cancel,
+    checked_task,
+    encode,
+    new_correlation_id,
+    unroutable,
+)
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError, ResponseTimeout
 from dispatcher.messages.progress import FINAL_STATES, ProgressEvent
 from dispatcher.messages.response import Response
-from dispatcher.messages.task import Cancel, Task, TaskPolicy, parse_task
+from dispatcher.messages.task import Task, TaskPolicy
 
-__all__ = ["AsyncClient", "AsyncTaskHandle", "Client", "TaskHandle"]
+__all__ = ["Client", "TaskHandle"]
 
 _POLL_SECONDS = 0.2
 
@@ -66,6 +56,7 @@ class Client:
         )
         self._progress = progress_exchange(settings)
         self._declared = False
+        self._returned: set[str] = set()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Client:
@@ -94,15 +85,14 @@ class Client:
 
     def task(self, task: Task | Mapping[str, Any]) -> Task:
         """`task` checked with the worker's rules and this environment's limits."""
-        document = task.to_json() if isinstance(task, Task) else dict(task)
-        return parse_task(json.dumps(document), self._policy)
+        return checked_task(task, self._policy)
 
     def submit(
         self, task: Task | Mapping[str, Any], *, correlation_id: str | None = None
     ) -> TaskHandle:
         """Publish the task (confirmed by the broker) and return its handle."""
         checked = self.task(task)
-        handle = TaskHandle(self, checked.id, correlation_id or str(uuid.uuid4()))
+        handle = TaskHandle(self, checked.id, correlation_id or new_correlation_id())
         self.publish(
             checked.to_json(), correlation_id=handle.correlation_id, reply_to=handle.reply_to
         )
@@ -116,7 +106,8 @@ class Client:
     def cancel(self, task_id: str, *, timeout: float | None = 60.0) -> Response:
         """Ask the dispatcher to stop the task `task_id` and return the answer to that request:
         the task's ``cancelled`` answer, or an error saying it is not in progress."""
-        with TaskHandle(self, Cancel(task_id).id, str(uuid.uuid4()), progress=False) as handle:
+        request = checked_cancel(task_id)
+        with TaskHandle(self, request.id, new_correlation_id(), progress=False) as handle:
             return handle.cancel(timeout=timeout, correlation_id=handle.correlation_id)
 
     def publish(
@@ -131,14 +122,17 @@ class Client:
             properties["reply_to"] = reply_to
         self._declare_task_queue()
         exchange = task_exchange(self.settings)
+        message_id = new_correlation_id()  # how the broker's return of it is matched
         try:
-            Producer(channel).publish(
-                json.dumps(document, ensure_ascii=False).encode(),
+            Producer(channel, on_return=self._on_return).publish(
+                encode(document),
                 exchange=exchange,
                 routing_key=self.settings.task_routing_key,
-                content_type="application/json",
+                mandatory=True,
+                content_type=CONTENT_TYPE,
                 content_encoding="utf-8",
                 delivery_mode=2,
+                message_id=message_id,
                 **properties,
             )
         except NotFound as exc:
@@ -146,6 +140,14 @@ class Client:
                 f"the task exchange '{exchange.name}' does not exist: no dispatcher worker has "
                 "declared it yet"
             ) from exc
+        except (OSError, AMQPError) as exc:
+            raise ClientError(f"cannot publish to RabbitMQ: {exc}") from exc
+        if message_id in self._returned:  # the return comes before the broker's confirm
+            self._returned.discard(message_id)
+            raise ClientError(unroutable(exchange.name, self.settings.task_routing_key))
+
+    def _on_return(self, _exc: object, _exchange: str, _key: str, message: Any) -> None:
+        self._returned.add(message.properties.get("message_id", ""))
 
     def _declare_task_queue(self) -> None:
         """Declare the task exchange and queue once, so that a task sent before any worker
@@ -168,9 +170,13 @@ class Client:
                 channel.close()
 
     def drain(self, timeout: float) -> None:
-        """Deliver whatever arrives within `timeout` seconds to the handles' buffers."""
-        with contextlib.suppress(TimeoutError):
+        """Deliver whatever arrives within `timeout` seconds to the handles' inboxes."""
+        try:
             self._connection.drain_events(timeout=timeout)
+        except TimeoutError:
+            pass
+        except (OSError, AMQPError) as exc:
+            raise ClientError(f"lost the connection to RabbitMQ ({exc}); the task goes on") from exc
 
     def channel(self) -> Any:
         """A new channel of the client's connection."""
@@ -189,22 +195,28 @@ class TaskHandle:
         self.id = task_id
         self.correlation_id = correlation_id
         self._client = client
-        self._responses: dict[str, deque[Response]] = {}
-        self._events: deque[ProgressEvent] = deque()
-        self._seen_events: set[str] = set()
+        self._inbox = Inbox(task_id)
         self._channel = client.channel()
         queue = Queue("", exclusive=True, auto_delete=True, durable=False)(self._channel)
         self.reply_to: str = queue.declare()
         exchange = client.progress_exchange() if progress else None
         if exchange is not None:
             client.declare_quietly(exchange)
-            self._channel.queue_bind(self.reply_to, exchange.name, routing_key=task_id)
+            try:
+                self._channel.queue_bind(self.reply_to, exchange.name, routing_key=task_id)
+            except NotFound as exc:  # the broker closes the channel, and the queue goes with it
+                raise ClientError(
+                    f"the progress exchange '{exchange.name}' does not exist: no dispatcher "
+                    "worker with PROGRESS_EXCHANGE_NAME set has declared it yet"
+                ) from exc
+            except (OSError, AMQPError) as exc:
+                raise ClientError(f"cannot listen for the answer: {exc}") from exc
         self._progress_name = None if exchange is None else exchange.name
         self._consumer = Consumer(
             self._channel,
             queues=[Queue(self.reply_to, no_declare=True)],
             on_message=self._on_message,
-            accept=["application/json"],
+            accept=[CONTENT_TYPE],
         )
         self._consumer.consume()
 
@@ -227,32 +239,23 @@ class TaskHandle:
             self._channel.close()
 
     def _on_message(self, message: Any) -> None:
-        properties = message.properties
         exchange = (message.delivery_info or {}).get("exchange")
-        try:
-            if self._progress_name is not None and exchange == self._progress_name:
-                event = ProgressEvent.decode(message.body)
-                key = properties.get("message_id") or f"{event.state}.{event.time}"
-                if event.id == self.id and key not in self._seen_events:
-                    self._seen_events.add(key)
-                    self._events.append(event)
-            else:
-                response = Response.decode(message.body)
-                self._responses.setdefault(properties.get("correlation_id") or "", deque()).append(
-                    response
-                )
-        except ValueError:
-            pass  # not ours to understand: a malformed message on a private queue
+        self._inbox.put(
+            message.body,
+            correlation_id=message.properties.get("correlation_id"),
+            message_id=message.properties.get("message_id"),
+            progress=self._progress_name is not None and exchange == self._progress_name,
+        )
         message.ack()
 
     def _wait_for(self, correlation_id: str, timeout: float | None) -> Response:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._responses.get(correlation_id):
+        while (response := self._inbox.take_response(correlation_id)) is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise ResponseTimeout(self.id, timeout or 0.0)
             self._client.drain(min(_POLL_SECONDS if left is None else left, 1.0))
-        return self._responses[correlation_id].popleft()
+        return response
 
     def result(self, timeout: float | None = None) -> Response:
         """The task's response; ResponseTimeout when none came within `timeout` seconds."""
@@ -268,12 +271,12 @@ class TaskHandle:
     def next_event(self, timeout: float) -> ProgressEvent | None:
         """The next progress event within `timeout` seconds, else None."""
         deadline = time.monotonic() + timeout
-        while not self._events:
+        while (event := self._inbox.take_event()) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             self._client.drain(min(left, _POLL_SECONDS))
-        return self._events.popleft()
+        return event
 
     def events(self, timeout: float | None = None) -> Iterator[ProgressEvent]:
         """The task's progress events as they come, until its final one (or `timeout`)."""
@@ -291,96 +294,8 @@ class TaskHandle:
         """Ask the dispatcher to stop this task; the answer to that request (the task's own
         ``cancelled`` answer, or an error such as not in progress). The task's own response
         still arrives for :meth:`result`."""
-        cancel_id = correlation_id or f"{self.correlation_id}.cancel"
+        cancel_id = correlation_id or cancel_correlation_id(self.correlation_id)
         self._client.publish(
-            Cancel(self.id).to_json(), correlation_id=cancel_id, reply_to=self.reply_to
+            checked_cancel(self.id).to_json(), correlation_id=cancel_id, reply_to=self.reply_to
         )
         return self._wait_for(cancel_id, timeout)
-
-
-class AsyncClient:
-    """The same calls as :class:`Client`, as coroutines. One :class:`Client` runs on a thread
-    of its own; every call is handed to it, so the event loop never blocks on the broker."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatcher-client")
-        self._client = Client(settings)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AsyncClient:
-        return cls(Settings.from_env(os.environ if env is None else env))
-
-    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(function, *args, **kwargs))
-
-    async def __aenter__(self) -> AsyncClient:
-        await self._call(self._client.__enter__)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._call(self._client.close)
-        self._executor.shutdown(wait=False)
-
-    async def submit(
-        self, task: Task | Mapping[str, Any], *, correlation_id: str | None = None
-    ) -> AsyncTaskHandle:
-        handle = await self._call(self._client.submit, task, correlation_id=correlation_id)
-        return AsyncTaskHandle(self, handle)
-
-    async def run(
-        self, task: Task | Mapping[str, Any], *, timeout: float | None = None
-    ) -> Response:
-        handle = await self.submit(task)
-        try:
-            return await handle.result(timeout)
-        finally:
-            await handle.close()
-
-    async def cancel(self, task_id: str, *, timeout: float | None = 60.0) -> Response:
-        response: Response = await self._call(self._client.cancel, task_id, timeout=timeout)
-        return response
-
-
-class AsyncTaskHandle:
-    """A submitted task, awaited without blocking the event loop."""
-
-    def __init__(self, client: AsyncClient, handle: TaskHandle) -> None:
-        self._client = client
-        self._handle = handle
-        self.id = handle.id
-        self.correlation_id = handle.correlation_id
-
-    async def result(self, timeout: float | None = None) -> Response:
-        """Polls in short steps on the client's thread, so other calls interleave."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise ResponseTimeout(self.id, timeout or 0.0)
-            step = _POLL_SECONDS if left is None else min(_POLL_SECONDS, left)
-            response: Response | None = await self._client._call(self._handle.poll, step)
-            if response is not None:
-                return response
-
-    async def events(self, timeout: float | None = None) -> AsyncIterator[ProgressEvent]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while deadline is None or time.monotonic() < deadline:
-            event: ProgressEvent | None = await self._client._call(
-                self._handle.next_event, _POLL_SECONDS
-            )
-            if event is not None:
-                yield event
-                if event.state in FINAL_STATES:
-                    return
-
-    async def cancel(self, *, timeout: float | None = 60.0) -> Response:
-        response: Response = await self._client._call(self._handle.cancel, timeout=timeout)
-        return response
-
-    async def close(self) -> None:
-        await self._client._call(self._handle.close)
