@@ -5,6 +5,8 @@
 
 - parse:  task parsing in-process (no I/O), tasks per second.
 - intake: invalid messages answered per second through RabbitMQ (consumer + response path).
+- client: the asyncio client following 1 / 100 / 1000 tasks at once, answered at once by a
+          responder (no cluster): tasks per second and run() latency.
 - e2e:    tasks from publish to response through real Jobs: latency percentiles and throughput.
 - memory: worker resident memory while many Jobs run (no slot or thread is held per Job).
 - burst:  500 x `sleep 5` at once with default settings, 25 times what the node runs at once:
@@ -17,14 +19,19 @@ Every load is bounded in count and time and goes only to the local stack.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import statistics
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+from kombu import Connection, Consumer, Producer, Queue
 from tests.support.burst import (
     JobMonitor,
     ideal_makespan,
@@ -46,6 +53,7 @@ from tests.support.stack import (
     stack_env,
 )
 
+from dispatcher.client import AsyncClient
 from dispatcher.config import Settings
 from dispatcher.messages.task import parse_task
 
@@ -358,8 +366,99 @@ def kueue_queue(name: str, cpu: str) -> list[dict[str, object]]:
     ]
 
 
+class Responder:
+    """Answers every task on the instance's task queue at once, as a worker would (no cluster):
+    what is measured is the client."""
+
+    def __init__(self, instance: Instance) -> None:
+        self._connection = Connection(instance.broker_url)
+        self._channel = self._connection.channel()
+        self._producer = Producer(self._channel)
+        queue = Queue(instance.env()["TASK_QUEUE_NAME"], no_declare=True)
+        self._consumer = Consumer(self._channel, queues=[queue], on_message=self._answer)
+        self._channel.basic_qos(0, 256, False)
+        self._consumer.consume()
+        self._stopped = threading.Event()
+        self._pending: list[Any] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _answer(self, message: object) -> None:
+        self._pending.append(message)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                self._connection.drain_events(timeout=0.05)
+            while self._pending:
+                message = self._pending.pop(0)
+                task = json.loads(message.body)
+                properties = message.properties
+                self._producer.publish(
+                    json.dumps({"id": task["id"], "output": "ok\n", "exit": 0}).encode(),
+                    exchange="",
+                    routing_key=properties["reply_to"],
+                    correlation_id=properties["correlation_id"],
+                    content_type="application/json",
+                )
+                message.ack()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(10)
+        self._connection.release()
+
+
+async def follow_at_once(instance: Instance, n: int) -> tuple[float, list[float]]:
+    """`n` x `run()` at once on one AsyncClient: the seconds for all, and each one's."""
+    latencies: list[float] = []
+
+    async def one(client: AsyncClient, i: int) -> None:
+        started = time.monotonic()
+        sent = {"id": f"client-{i}", "image": "localhost/x:1", "volume_mount_path": "/w"}
+        response = await client.run(sent, timeout=120)
+        assert response.output == "ok\n"
+        latencies.append(time.monotonic() - started)
+
+    async with AsyncClient(Settings.from_env(instance.env())) as client:
+        started = time.monotonic()
+        await asyncio.gather(*(one(client, i) for i in range(n)))
+        return time.monotonic() - started, latencies
+
+
+def bench_client() -> None:
+    """The asyncio client following many tasks at once on one connection: `gather` of `run()`,
+    each answered at once by a responder (no cluster), so the client's own cost is measured."""
+    rows = []
+    for n in (1, 100, 1000):
+        instance = Instance()
+        broker = Broker(instance)
+        responder = Responder(instance)
+        try:
+            seconds, latencies = asyncio.run(follow_at_once(instance, n))
+        finally:
+            responder.stop()
+            broker.close()
+        rows.append(
+            [
+                n,
+                len(latencies),
+                f"{seconds:.2f}",
+                f"{n / seconds:,.0f}",
+                f"{pct(latencies, 0.5) * 1000:.0f}",
+                f"{pct(latencies, 0.99) * 1000:.0f}",
+            ]
+        )
+    table(
+        "client: AsyncClient, n x run() at once on one client, answered at once (no cluster)",
+        ["tasks", "answered", "seconds", "tasks/s", "run p50 ms", "run p99 ms"],
+        rows,
+    )
+
+
 BENCHES = {
     "parse": bench_parse,
+    "client": bench_client,
     "intake": bench_intake,
     "e2e": bench_e2e,
     "memory": bench_memory,
