@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -11,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 from kombu import Producer
 
-from dispatcher.client import AsyncClient, Client, TaskHandle
+from dispatcher.client import AsyncClient, Client, TaskHandle, aio, sync
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError
 from tests.support.proxy import Proxy
-from tests.support.stack import Broker, Instance
+from tests.support.stack import Broker, Instance, rabbitmqctl
 
 
 @pytest.fixture
@@ -96,3 +98,83 @@ def test_a_lost_connection_ends_the_wait_for_an_answer_at_once(instance: Instanc
         assert asyncio.run(wait_async()) < 10
     finally:
         proxy.close()
+
+
+def test_a_progress_exchange_no_worker_declared_is_named_by_both_clients(
+    instance: Instance, broker: Broker
+) -> None:
+    """A user who may not declare the progress exchange (a producer) and a worker that never
+    declared it: both clients name it, neither waits for events that cannot come."""
+    user, password = f"{instance.name}-no-configure", secrets.token_hex(8)
+    rabbitmqctl("add_user", user, password)
+    rabbitmqctl("set_permissions", "-p", "/", user, r"^amq\.gen-.*", ".*", ".*")
+    env = {**instance.env(), "AMQP_USER": user, "AMQP_PASSWORD": password}
+    settings = Settings.from_env({**env, "PROGRESS_EXCHANGE_NAME": f"{instance.name}.nowhere"})
+    sent = {"id": "no-progress", "image": "localhost/x:1", "volume_mount_path": "/w"}
+    expected = (
+        f"the progress exchange '{instance.name}.nowhere' does not exist: no dispatcher worker "
+        "with PROGRESS_EXCHANGE_NAME set has declared it yet"
+    )
+
+    async def submit() -> None:
+        async with AsyncClient(settings) as client:
+            await client.submit(sent)
+
+    try:
+        with Client(settings) as client, pytest.raises(ClientError) as sync_error:
+            client.submit(sent)
+        with pytest.raises(ClientError) as async_error:
+            asyncio.run(submit())
+    finally:
+        rabbitmqctl("delete_user", user)
+
+    assert str(sync_error.value) == expected
+    assert str(async_error.value) == expected
+    assert broker.task_queue(broker.conn.default_channel).get(no_ack=True) is None  # none sent
+
+
+@contextlib.contextmanager
+def memory_alarm(lasting: float) -> Iterator[None]:
+    """The broker blocks every publisher for `lasting` seconds (its memory watermark at one
+    byte), then is itself again: a client's close after its publish gave up can go through."""
+    raw = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").stdout.strip()
+    before = ("absolute", raw[len("{absolute,") : -1]) if raw.startswith("{") else (raw,)
+    back = ("set_vm_memory_high_watermark", *before)
+    restore = threading.Timer(lasting, rabbitmqctl, back)
+    rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
+    restore.start()
+    try:
+        yield
+    finally:
+        restore.join()
+        rabbitmqctl(*back)  # again, in this thread: a failure to restore fails the test
+
+
+def test_a_publish_the_broker_never_confirms_is_an_error_not_a_hang(
+    instance: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory alarm blocks every publisher: both clients give up after their confirm timeout
+    (shortened here) and say why, instead of waiting for ever."""
+    monkeypatch.setattr(sync, "CONFIRM_SECONDS", 2.0)
+    monkeypatch.setattr(aio, "CONFIRM_SECONDS", 2.0)
+    settings = Settings.from_env(instance.env())
+    sent = {"id": "blocked", "image": "localhost/x:1", "volume_mount_path": "/w"}
+
+    async def submit() -> None:
+        async with AsyncClient(settings) as client:
+            await client.submit(sent)
+
+    started = time.monotonic()
+    with memory_alarm(20):
+        with Client(settings) as client, pytest.raises(ClientError) as sync_error:
+            client.submit(sent)
+        sync_seconds = time.monotonic() - started
+        with pytest.raises(ClientError) as async_error:
+            asyncio.run(submit())
+        async_seconds = time.monotonic() - started - sync_seconds
+
+    # Each gave up (after 2 s) and closed without waiting for the broker to read again.
+    assert sync_seconds < 10
+    assert async_seconds < 13
+    for error in (sync_error, async_error):
+        assert str(error.value).startswith("RabbitMQ did not confirm the message within ")

@@ -29,6 +29,7 @@ from aiormq.exceptions import (
 )
 
 from dispatcher.client.inbox import (
+    CONFIRM_SECONDS,
     CONTENT_TYPE,
     Inbox,
     cancel_correlation_id,
@@ -36,6 +37,9 @@ from dispatcher.client.inbox import (
     checked_task,
     encode,
     new_correlation_id,
+    no_progress_exchange,
+    no_task_exchange,
+    unconfirmed,
     unroutable,
 )
 from dispatcher.config import Settings
@@ -48,7 +52,7 @@ __all__ = ["AsyncClient", "AsyncTaskHandle"]
 
 _Item = TypeVar("_Item")
 _CONNECT_SECONDS = 10.0
-_CONFIRM_SECONDS = 60.0
+_CLOSE_SECONDS = 5.0
 # What aio-pika and aiormq raise when the broker, the connection or a channel fails.
 _AMQP_ERRORS = (AMQPError, ConnectionError, RuntimeError)
 
@@ -176,20 +180,16 @@ class AsyncClient:
         )
         name, key = self.settings.task_exchange_name, self.settings.task_routing_key
         try:
-            exchange = await (await self._publishing_channel()).get_exchange(name, ensure=False)
-            await exchange.publish(message, routing_key=key, timeout=_CONFIRM_SECONDS)
+            async with asyncio.timeout(CONFIRM_SECONDS):  # aiormq waits out a blocked broker
+                channel = await self._publishing_channel()
+                exchange = await channel.get_exchange(name, ensure=False)
+                await exchange.publish(message, routing_key=key)
         except ChannelNotFoundEntity as exc:
-            raise ClientError(
-                f"the task exchange '{name}' does not exist: no dispatcher worker has declared it "
-                "yet"
-            ) from exc
+            raise ClientError(no_task_exchange(name)) from exc
         except PublishError as exc:
             raise ClientError(unroutable(name, key)) from exc
         except TimeoutError as exc:
-            raise ClientError(
-                f"RabbitMQ did not confirm the message within {_CONFIRM_SECONDS:.0f} s (is it "
-                "blocking publishers for a resource alarm?)"
-            ) from exc
+            raise ClientError(unconfirmed()) from exc
         except _AMQP_ERRORS as exc:
             raise ClientError(f"cannot publish to RabbitMQ: {exc}") from exc
 
@@ -225,10 +225,7 @@ class AsyncClient:
             with contextlib.suppress(*_AMQP_ERRORS):
                 await handle.close()
             if isinstance(exc, ChannelNotFoundEntity):
-                raise ClientError(
-                    f"the progress exchange '{exchange}' does not exist: no dispatcher worker "
-                    "with PROGRESS_EXCHANGE_NAME set has declared it yet"
-                ) from exc
+                raise ClientError(no_progress_exchange(exchange)) from exc
             if isinstance(exc, _AMQP_ERRORS):
                 raise ClientError(f"cannot listen for the answer: {exc}") from exc
             raise
@@ -316,9 +313,13 @@ class AsyncTaskHandle:
         await self.close()
 
     async def close(self) -> None:
-        """Stop listening (the private queue goes with its channel; the task goes on)."""
+        """Stop listening (the private queue goes with its channel; the task goes on). A broker
+        that reads nothing (blocking publishers for a resource alarm) is not waited for long:
+        the channel then goes with the connection."""
         if not self._channel.is_closed:
-            await self._channel.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_SECONDS):
+                    await self._channel.close()
 
     def _on_close(self, _channel: object, exc: BaseException | None) -> None:
         """The channel is gone (closed here, by the broker, or with the connection): nothing

@@ -28,6 +28,7 @@ from dispatcher.messages.task import Cancel, Task, TaskPolicy, parse_message, pa
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/json"
+CONFIRM_SECONDS: Final = 60.0  # the longest a publish waits for the broker's confirm
 CANCEL_SUFFIX: Final = ".cancel"
 
 
@@ -42,6 +43,27 @@ def checked_cancel(task_id: str) -> Cancel:
     request = parse_message(json.dumps(Cancel(task_id).to_json()))
     assert isinstance(request, Cancel)  # a document with a "cancel" key parses as one
     return request
+
+
+def no_task_exchange(name: str) -> str:
+    """The error of a task sent before any worker declared the task exchange."""
+    return f"the task exchange '{name}' does not exist: no dispatcher worker has declared it yet"
+
+
+def no_progress_exchange(name: str) -> str:
+    """The error of a handle whose progress exchange no worker has declared."""
+    return (
+        f"the progress exchange '{name}' does not exist: no dispatcher worker with "
+        "PROGRESS_EXCHANGE_NAME set has declared it yet"
+    )
+
+
+def unconfirmed() -> str:
+    """The error of a publish the broker did not confirm in time."""
+    return (
+        f"RabbitMQ did not confirm the message within {CONFIRM_SECONDS:.0f} s (is it blocking "
+        "publishers for a resource alarm?)"
+    )
 
 
 def unroutable(exchange: str, routing_key: str) -> str:

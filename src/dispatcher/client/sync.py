@@ -22,6 +22,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from dispatcher.amqp.topology import progress_exchange, task_exchange, task_queue
 from dispatcher.client.inbox import (
+    CONFIRM_SECONDS,
     CONTENT_TYPE,
     Inbox,
     cancel_correlation_id,
@@ -29,6 +30,9 @@ from dispatcher.client.inbox import (
     checked_task,
     encode,
     new_correlation_id,
+    no_progress_exchange,
+    no_task_exchange,
+    unconfirmed,
     unroutable,
 )
 from dispatcher.config import Settings
@@ -93,9 +97,13 @@ class Client:
         """Publish the task (confirmed by the broker) and return its handle."""
         checked = self.task(task)
         handle = TaskHandle(self, checked.id, correlation_id or new_correlation_id())
-        self.publish(
-            checked.to_json(), correlation_id=handle.correlation_id, reply_to=handle.reply_to
-        )
+        try:
+            self.publish(
+                checked.to_json(), correlation_id=handle.correlation_id, reply_to=handle.reply_to
+            )
+        except BaseException:
+            handle.close()
+            raise
         return handle
 
     def run(self, task: Task | Mapping[str, Any], *, timeout: float | None = None) -> Response:
@@ -133,13 +141,16 @@ class Client:
                 content_encoding="utf-8",
                 delivery_mode=2,
                 message_id=message_id,
+                confirm_timeout=CONFIRM_SECONDS,
                 **properties,
             )
         except NotFound as exc:
-            raise ClientError(
-                f"the task exchange '{exchange.name}' does not exist: no dispatcher worker has "
-                "declared it yet"
-            ) from exc
+            raise ClientError(no_task_exchange(exchange.name)) from exc
+        except TimeoutError as exc:
+            # The broker reads nothing more from this connection: drop it without the closing
+            # handshake, which would wait as long as the broker does.
+            self._connection.collect()
+            raise ClientError(unconfirmed()) from exc
         except (OSError, AMQPError) as exc:
             raise ClientError(f"cannot publish to RabbitMQ: {exc}") from exc
         if message_id in self._returned:  # the return comes before the broker's confirm
@@ -205,10 +216,7 @@ class TaskHandle:
             try:
                 self._channel.queue_bind(self.reply_to, exchange.name, routing_key=task_id)
             except NotFound as exc:  # the broker closes the channel, and the queue goes with it
-                raise ClientError(
-                    f"the progress exchange '{exchange.name}' does not exist: no dispatcher "
-                    "worker with PROGRESS_EXCHANGE_NAME set has declared it yet"
-                ) from exc
+                raise ClientError(no_progress_exchange(exchange.name)) from exc
             except (OSError, AMQPError) as exc:
                 raise ClientError(f"cannot listen for the answer: {exc}") from exc
         self._progress_name = None if exchange is None else exchange.name
