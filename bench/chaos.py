@@ -288,6 +288,42 @@ def broker_restart() -> Row:
     return judge("RabbitMQ restarted mid-burst", expect_own(tasks), answers.answers, fault_end)
 
 
+def memory_alarm() -> Row:
+    """RabbitMQ raises a memory alarm mid-burst (its watermark at one byte) for 30 s: it blocks
+    every connection that publishes, the dispatcher's own included, then lifts it."""
+    tasks = burst(COUNT)
+    with installation() as (instance, broker, _), Collector(instance) as answers:
+        publish_all(broker, tasks)
+        answers.wait_for(set(tasks), 120, at_least=30)
+        before = watermark()
+        rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
+        try:
+            time.sleep(30)
+        finally:
+            rabbitmqctl("set_vm_memory_high_watermark", *before)
+        fault_end = time.monotonic()
+        answers.wait_for(set(tasks), TIMEOUT)
+        time.sleep(3)
+    return judge(
+        "RabbitMQ memory alarm for 30 s mid-burst (publishers blocked)",
+        expect_own(tasks),
+        answers.answers,
+        fault_end,
+    )
+
+
+def watermark() -> tuple[str, ...]:
+    """RabbitMQ's memory high watermark as `rabbitmqctl set_vm_memory_high_watermark` takes it."""
+    script = (
+        '. stack/lib.sh; rabbitmq_env; "$RABBITMQ_LIB/rabbitmqctl" -q eval '
+        '"vm_memory_monitor:get_vm_memory_high_watermark()."'
+    )
+    raw = subprocess.run(
+        ["bash", "-c", script], cwd=REPO, check=True, timeout=120, capture_output=True, text=True
+    ).stdout.strip()
+    return ("absolute", raw[len("{absolute,") : -1]) if raw.startswith("{") else (raw,)
+
+
 def api_unreachable() -> Row:
     """The worker's connections to the API server are cut, and refused, for 30 s."""
     tasks = burst(COUNT)
@@ -623,6 +659,7 @@ def hostile(count: int, rng: random.Random) -> Iterator[bytes]:
 SCENARIOS: dict[str, Callable[[], Row]] = {
     "worker-sigkill": worker_sigkill,
     "broker-restart": broker_restart,
+    "memory-alarm": memory_alarm,
     "api-unreachable": api_unreachable,
     "api-server-stopped": api_server_stopped,
     "delivered-twice": delivered_twice,
@@ -697,7 +734,8 @@ kills a worker sometimes recovers in about 120 s instead of a few seconds. After
 restart the worker's Celery connection has, in some runs, stayed half-open until the AMQP
 heartbeat declared it dead (recoveries of 13 to 125 s were seen). A repeat is the same run's
 answer published again after a failure between publishing and marking the Job (at-least-once,
-same `message_id`).
+same `message_id`). During a memory alarm RabbitMQ stops reading from every connection that
+publishes: the worker's answers and its internal tasks wait unsent and go out as the alarm lifts.
 
 How each scenario is staged is in [`bench/chaos.py`](../bench/chaos.py); the guarantees behind
 the figures are in [architecture](architecture.md#why-nothing-is-lost).
