@@ -31,7 +31,16 @@ from typing import Any
 from kombu import Connection
 from tests.support.burst import running_pods, sleeper, wait_until
 from tests.support.proxy import Proxy
-from tests.support.stack import LOCAL, REPO, Broker, Instance, Worker, kubectl, stack_env
+from tests.support.stack import (
+    LOCAL,
+    REPO,
+    Broker,
+    Instance,
+    Worker,
+    kubectl,
+    memory_watermark,
+    stack_env,
+)
 
 from dispatcher.errors import InvalidTaskError
 from dispatcher.kube.outcome import RESULT_DELETED_ERROR
@@ -295,7 +304,7 @@ def memory_alarm() -> Row:
     with installation() as (instance, broker, _), Collector(instance) as answers:
         publish_all(broker, tasks)
         answers.wait_for(set(tasks), 120, at_least=30)
-        before = watermark()
+        before = memory_watermark()
         rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
         try:
             time.sleep(30)
@@ -310,18 +319,6 @@ def memory_alarm() -> Row:
         answers.answers,
         fault_end,
     )
-
-
-def watermark() -> tuple[str, ...]:
-    """RabbitMQ's memory high watermark as `rabbitmqctl set_vm_memory_high_watermark` takes it."""
-    script = (
-        '. stack/lib.sh; rabbitmq_env; "$RABBITMQ_LIB/rabbitmqctl" -q eval '
-        '"vm_memory_monitor:get_vm_memory_high_watermark()."'
-    )
-    raw = subprocess.run(
-        ["bash", "-c", script], cwd=REPO, check=True, timeout=120, capture_output=True, text=True
-    ).stdout.strip()
-    return ("absolute", raw[len("{absolute,") : -1]) if raw.startswith("{") else (raw,)
 
 
 def api_unreachable() -> Row:

@@ -17,7 +17,7 @@ from dispatcher.client import AsyncClient, Client, TaskHandle, aio, sync
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError
 from tests.support.proxy import Proxy
-from tests.support.stack import Broker, Instance, rabbitmqctl
+from tests.support.stack import Broker, Instance, memory_watermark, rabbitmqctl
 
 
 @pytest.fixture
@@ -137,9 +137,7 @@ def test_a_progress_exchange_no_worker_declared_is_named_by_both_clients(
 def memory_alarm(lasting: float) -> Iterator[None]:
     """The broker blocks every publisher for `lasting` seconds (its memory watermark at one
     byte), then is itself again: a client's close after its publish gave up can go through."""
-    raw = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").stdout.strip()
-    before = ("absolute", raw[len("{absolute,") : -1]) if raw.startswith("{") else (raw,)
-    back = ("set_vm_memory_high_watermark", *before)
+    back = ("set_vm_memory_high_watermark", *memory_watermark())
     restore = threading.Timer(lasting, rabbitmqctl, back)
     rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
     restore.start()

@@ -73,6 +73,13 @@ def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def memory_watermark() -> tuple[str, ...]:
+    """RabbitMQ's memory high watermark, as `rabbitmqctl set_vm_memory_high_watermark` takes it
+    (a fraction, or `absolute` and bytes): what to put back after raising a memory alarm."""
+    raw = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").stdout.strip()
+    return ("absolute", raw[len("{absolute,") : -1]) if raw.startswith("{") else (raw,)
+
+
 @dataclass
 class Instance:
     """One isolated dispatcher installation: its own queues, exchanges and Job label."""
