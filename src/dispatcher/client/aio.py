@@ -14,20 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
 from aiormq.exceptions import (
     AMQPError,
     ChannelAccessRefused,
     ChannelNotFoundEntity,
     PublishError,
 )
+from kombu import Exchange
 
+from dispatcher.amqp.tls import tls_context
+from dispatcher.amqp.topology import progress_exchange, task_queue
 from dispatcher.client.inbox import (
     CONFIRM_SECONDS,
     CONTENT_TYPE,
@@ -107,24 +115,19 @@ class AsyncClient:
         """Declare the task exchange and queue, so that a task sent before any worker started
         waits in its queue, and the progress exchange. A producer's broker user may not
         (docs/security.md): they are then the dispatcher's, declared when a worker starts."""
-        settings = self.settings
+        queue, progress = task_queue(self.settings), progress_exchange(self.settings)
 
         async def tasks(channel: AbstractChannel) -> None:
-            exchange = await channel.declare_exchange(
-                settings.task_exchange_name, settings.task_exchange_type, durable=True
+            declared = await channel.declare_queue(
+                queue.name, durable=queue.durable, arguments=queue.queue_arguments
             )
-            queue = await channel.declare_queue(settings.task_queue_name, durable=True)
-            await queue.bind(exchange, routing_key=settings.task_routing_key)
+            exchange = await _declare_exchange(channel, queue.exchange)
+            await declared.bind(exchange, routing_key=queue.routing_key)
 
-        async def progress(channel: AbstractChannel) -> None:
-            await channel.declare_exchange(
-                settings.progress_exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-            )
-
-        await _declare_quietly(connection, tasks, f"the task queue {settings.task_queue_name!r}")
-        if settings.progress_exchange_name:
-            name = settings.progress_exchange_name
-            await _declare_quietly(connection, progress, f"the progress exchange {name!r}")
+        await _declare_quietly(connection, tasks, f"the task queue {queue.name!r}")
+        if progress is not None:
+            declare = partial(_declare_exchange, exchange=progress)
+            await _declare_quietly(connection, declare, f"the progress exchange {progress.name!r}")
 
     async def close(self) -> None:
         """Close the connection (and every handle's queue with it)."""
@@ -232,9 +235,15 @@ class AsyncClient:
         return handle
 
 
+async def _declare_exchange(channel: AbstractChannel, exchange: Exchange) -> AbstractExchange:
+    """`exchange` (one of the dispatcher's, as :mod:`dispatcher.amqp.topology` defines it)
+    declared on `channel`."""
+    return await channel.declare_exchange(exchange.name, exchange.type, durable=exchange.durable)
+
+
 async def _declare_quietly(
     connection: AbstractConnection,
-    declare: Callable[[AbstractChannel], Awaitable[None]],
+    declare: Callable[[AbstractChannel], Awaitable[object]],
     what: str,
 ) -> None:
     """Run `declare` on a channel of its own; a refusal for lack of permission is no error,
@@ -249,34 +258,6 @@ async def _declare_quietly(
     finally:
         if not channel.is_closed:
             await channel.close()
-
-
-class _NamedContext(ssl.SSLContext):
-    """A client TLS context that checks the broker's certificate for ``AMQP_SERVER_NAME``
-    (which may differ from the host connected to) and sends it as SNI."""
-
-    server_name: str
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
-        kwargs["server_hostname"] = self.server_name
-        return super().wrap_bio(*args, **kwargs)
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The TLS context of ``AMQP_TLS`` (the same checks as the worker's connections: the
-    certificate verified, and its name), or None without TLS."""
-    options = settings.broker_ssl
-    if options is None:
-        return None
-    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.server_name = options["server_hostname"]
-    if options["ca_certs"]:
-        context.load_verify_locations(cafile=options["ca_certs"])
-    else:
-        context.load_default_certs()
-    if options["certfile"]:
-        context.load_cert_chain(options["certfile"], options["keyfile"])
-    return context
 
 
 class AsyncTaskHandle:
