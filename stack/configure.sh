@@ -140,20 +140,35 @@ fileCheckFrequency: 20s
 nodeStatusUpdateFrequency: 5s
 EOT
 
-cat > "$CONF/rabbitmq.conf" <<EOT
-listeners.tcp.1 = 127.0.0.1:5672
+# RabbitMQ: one configuration directory per broker node (BROKER_NODES, 1 unless up.sh says 3),
+# mounted at /etc/rabbitmq in the node's root (stack/rabbitmq-chroot.sh); paths below are the
+# root's. Node N's ports are node 1's plus 10*(N-1) (lib.sh rabbitmq_node).
+rm -rf "$CONF/rabbitmq.conf" "$CONF"/rabbitmq "$CONF"/rabbitmq-[0-9]* "$CONF/rabbitmq-enabled-plugins"
+for n in $(seq "${BROKER_NODES:-1}"); do
+  rabbitmq_node "$n"
+  mkdir -p "$RMQ_CONF/pki" "$RMQ_LOGS"
+  cat > "$RMQ_CONF/rabbitmq.conf" <<EOT
+# Node $n of ${BROKER_NODES:-1}: $RMQ_NODENAME
+listeners.tcp.1 = 127.0.0.1:$RMQ_AMQP_PORT
 # Pods reach the broker through the bridge gateway only (nothing else is exposed).
-listeners.tcp.2 = $POD_GATEWAY:5672
+listeners.tcp.2 = $POD_GATEWAY:$RMQ_AMQP_PORT
 loopback_users.guest = true
 # AMQP over TLS with a certificate of the stack's own CA; a client certificate, when presented,
-# must chain to it too (tests/e2e/test_tls.py).
-listeners.ssl.1 = 127.0.0.1:5671
-ssl_options.cacertfile = $PKI/ca.crt
-ssl_options.certfile = $PKI/amqp-server.crt
-ssl_options.keyfile = $PKI/amqp-server.key
+# must chain to it too (tests/e2e/test_tls.py). /etc/rabbitmq/pki is .local/pki.
+listeners.ssl.1 = 127.0.0.1:$RMQ_TLS_PORT
+ssl_options.cacertfile = /etc/rabbitmq/pki/ca.crt
+ssl_options.certfile = /etc/rabbitmq/pki/amqp-server.crt
+ssl_options.keyfile = /etc/rabbitmq/pki/amqp-server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false
 log.console = false
 log.file.level = info
+# As RabbitMQ 4.3 behaves by default: transient non-exclusive queues and global QoS (prefetch
+# per connection) are refused.
+deprecated_features.permit.transient_nonexcl_queues = false
+deprecated_features.permit.global_qos = false
+# Quorum queues get min(3, cluster size) members by default (rabbit's quorum_cluster_size), so on
+# a three-node stack every node holds a replica.
 EOT
-echo '[].' > "$CONF/rabbitmq-enabled-plugins"
+  echo '[].' > "$RMQ_CONF/enabled_plugins"
+done

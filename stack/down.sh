@@ -23,11 +23,31 @@ for p in /proc/[0-9]*; do
 done
 for c in kueue kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_component "$c"; done
 forget_metrics_cert
-if component_alive rabbitmq; then
-  (rabbitmq_env; timeout 20 "$RABBITMQ_LIB/rabbitmqctl" -q stop >/dev/null 2>&1)
-fi
-stop_component rabbitmq
+# Broker nodes, last first (node 1 last): `rabbitmqctl stop`, then their process group by PID,
+# which ends their mount namespace and so their mounts in the RabbitMQ root.
+nodes=$(broker_nodes)
+for f in "$STACK_RUN"/pids/rabbitmq-[0-9]*.pid; do   # also nodes of a run with more nodes
+  [ -f "$f" ] || continue; n=${f##*/rabbitmq-}; n=${n%.pid}; [ "$n" -le "$nodes" ] || nodes=$n
+done
+[ ! -d "$STACK_RUN" ] || echo "$nodes" > "$STACK_RUN/broker-nodes"   # for rabbitmqctl.sh
+for n in $(seq "$nodes" -1 1); do
+  rabbitmq_node "$n"
+  if component_alive "$RMQ_NAME"; then
+    timeout 20 "$STACK_DIR/rabbitmqctl.sh" "$n" -q stop >/dev/null 2>&1
+  fi
+  stop_component "$RMQ_NAME"
+done
 stop_component epmd
+# The VM's helpers (erl_child_setup, inet_gethost, the disk monitor's shell) run in sessions of
+# their own and exit once their node is gone; any still there after 5 s are killed by PID.
+rooted_in_rabbitmq_root() {
+  local p
+  for p in /proc/[0-9]*; do
+    case "$(readlink "$p/root" 2>/dev/null)" in "$RABBITMQ_ROOT" | "$RABBITMQ_ROOT"/*) echo "${p#/proc/}" ;; esac
+  done
+}
+for _ in $(seq 50); do [ -z "$(rooted_in_rabbitmq_root)" ] && break; sleep 0.1; done
+for pid in $(rooted_in_rabbitmq_root); do kill -KILL "$pid" 2>/dev/null; done
 
 # Mounts (pod netns, overlay rootfs, shm, projected volumes), deepest first.
 awk '{print $5}' /proc/self/mountinfo | grep -E "^($STACK_STATE|$STACK_RUN)(/|$)" | sort -r |
@@ -45,5 +65,7 @@ left=0
 grep -qE " ($STACK_STATE|$STACK_RUN)[/ ]" /proc/self/mountinfo && { echo "down: WARNING mounts left" >&2; left=1; }
 ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { echo "down: WARNING cgroups left" >&2; left=1; }
 ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "down: WARNING bridge $BRIDGE left" >&2; left=1; }
+sleep 0.2
+for pid in $(rooted_in_rabbitmq_root); do echo "down: WARNING process $pid left in $RABBITMQ_ROOT" >&2; left=1; done
 say "down: stack stopped"
 exit $left

@@ -23,7 +23,7 @@ POD_AMQP_USER=dispatcher-pod
 PRODUCER_AMQP_USER=producer
 KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
 CTR="ctr --address $SOCK -n k8s.io"
-RABBITMQ_LIB=/usr/lib/rabbitmq/bin
+RABBITMQ_ROOT=$STACK_CACHE/rabbitmq-$RABBITMQ_VERSION
 
 # Every component is started in its own session (setsid) so that its process group id is its
 # recorded PID: stopping it never needs a process name.
@@ -110,18 +110,29 @@ forget_metrics_cert() {
   if [ -f "$KUEUE_ETC_MARK" ]; then rm -rf /etc/kueue; rm -f "$KUEUE_ETC_MARK"; fi
 }
 
-rabbitmq_env() {
-  export HOME=$STACK_STATE/rabbitmq/home
-  export RABBITMQ_NODENAME=dispatcher@localhost
-  export RABBITMQ_MNESIA_BASE=$STACK_STATE/rabbitmq/mnesia
-  export RABBITMQ_LOG_BASE=$LOGS/rabbitmq
-  export RABBITMQ_CONFIG_FILE=$CONF/rabbitmq
-  export RABBITMQ_ENABLED_PLUGINS_FILE=$CONF/rabbitmq-enabled-plugins
-  export RABBITMQ_PID_FILE=$STACK_RUN/rabbitmq.beam.pid
-  export ERL_EPMD_ADDRESS=127.0.0.1
-  export RABBITMQ_DIST_PORT=25672
-  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+# The broker: RabbitMQ $RABBITMQ_VERSION and its Erlang run chrooted into $RABBITMQ_ROOT
+# (build-rabbitmq.sh), each node by stack/rabbitmq-chroot.sh with its own data, configuration and
+# log directories bind-mounted into the root in a private mount namespace. BROKER_NODES nodes (1,
+# or 3 for a cluster) share one epmd of the stack on its own port, loopback only, and one cookie.
+EPMD_PORT=4380
+# broker_nodes: how many nodes the running (or last started) stack has.
+broker_nodes() { cat "$STACK_RUN/broker-nodes" 2>/dev/null || echo 1; }
+# rabbitmq_node N: node N's names, ports and directories. Node 1 keeps the single-node layout;
+# node N's ports are node 1's plus 10*(N-1) (AMQP 5682, TLS 5681, distribution 25682 for node 2).
+rabbitmq_node() {
+  local n=$1 off=$((10 * ($1 - 1)))
+  RMQ_NAME=rabbitmq; [ "$n" -eq 1 ] || RMQ_NAME=rabbitmq-$n             # component (pid file, log)
+  RMQ_NODENAME=dispatcher@localhost; [ "$n" -eq 1 ] || RMQ_NODENAME=dispatcher-$n@localhost
+  RMQ_AMQP_PORT=$((5672 + off)) RMQ_TLS_PORT=$((5671 + off)) RMQ_DIST_PORT=$((25672 + off))
+  RMQ_DATA=$STACK_STATE/$RMQ_NAME    # /var/lib/rabbitmq in the root: HOME (cookie), mnesia
+  RMQ_CONF=$CONF/$RMQ_NAME           # /etc/rabbitmq: rabbitmq.conf, enabled_plugins, pki/ (= $PKI)
+  RMQ_LOGS=$LOGS/$RMQ_NAME           # /var/log/rabbitmq
 }
+
+# Kept for scripts written for the Debian 12 broker on the host (`rabbitmq_env;
+# "$RABBITMQ_LIB/rabbitmqctl" ARGS`): that rabbitmqctl is stack/rabbitmqctl.sh against node 1.
+RABBITMQ_LIB=$STACK_DIR/bin
+rabbitmq_env() { :; }
 
 # install_packages WHO PKG...: apt-get install the Debian packages that are missing, without
 # letting their maintainer scripts start any service (the stack starts and stops everything by PID).

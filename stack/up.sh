@@ -1,23 +1,39 @@
 #!/usr/bin/env bash
-# Bring up the local stack: RabbitMQ, etcd, kube-apiserver, controller-manager, scheduler,
+# Bring up the local stack: RabbitMQ (BROKER_NODES=3: a three-node cluster), etcd, kube-apiserver, controller-manager, scheduler,
 # containerd and the kubelet, then the seed objects. Idempotent: a healthy running stack is left
 # as it is. Writes .local/env and .local/kubeconfig. Every wait has a timeout and names the
 # component that failed.
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
-COMPONENTS="rabbitmq etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet"
+COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet"
 t0=$SECONDS
+BROKER_NODES=${BROKER_NODES:-1}
+case "$BROKER_NODES" in
+  1 | 2 | 3) export BROKER_NODES ;;
+  *) echo "up: BROKER_NODES must be 1, 2 or 3 (3: a three-node cluster), not '$BROKER_NODES'" >&2; exit 1 ;;
+esac
+# rabbitmq, rabbitmq-2, ...: the broker nodes' component names (pid files, logs).
+broker_components() { local n; for n in $(seq "$1"); do rabbitmq_node "$n"; echo "$RMQ_NAME"; done; }
+# host_list HOST: HOST:port of every broker node, comma-separated (several nodes only).
+host_list() {
+  local n out=
+  for n in $(seq "$BROKER_NODES"); do rabbitmq_node "$n"; out+="${out:+,}$1:$RMQ_AMQP_PORT"; done
+  echo "$out"
+}
 
 write_env() {
+  local amqp_host=127.0.0.1 pod_amqp_host=$POD_GATEWAY
+  if [ "$BROKER_NODES" -gt 1 ]; then amqp_host=$(host_list 127.0.0.1) pod_amqp_host=$(host_list "$POD_GATEWAY"); fi
   cat > "$LOCAL/env" <<EOT
 KUBECONFIG=$LOCAL/kubeconfig
-AMQP_HOST=127.0.0.1
+BROKER_NODES=$BROKER_NODES
+AMQP_HOST=$amqp_host
 AMQP_PORT=5672
 AMQP_USER=guest
 AMQP_PASSWORD=guest
 K8S_IN_CLUSTER=false
 TEST_IMAGE=$TEST_IMAGE
-POD_AMQP_HOST=$POD_GATEWAY
+POD_AMQP_HOST=$pod_amqp_host
 POD_AMQP_USER=$POD_AMQP_USER
 POD_AMQP_PASSWORD=$(cat "$LOCAL/pod-amqp-password")
 PRODUCER_AMQP_USER=$PRODUCER_AMQP_USER
@@ -38,20 +54,21 @@ DISPATCHER_PERMISSIONS=('^(tasks|responses|dispatcher\.internal)$' '^(tasks|resp
 PRODUCER_PERMISSIONS=('^(amq\.gen\-.*)$' '^(tasks|amq\.gen\-.*)$' '^(responses|amq\.gen\-.*)$')
 broker_user() {  # USER PASSWORD-FILE CONFIGURE WRITE READ
   [ -s "$2" ] || (umask 077; openssl rand -hex 16 > "$2")
-  "$RABBITMQ_LIB/rabbitmqctl" -q add_user "$1" "$(cat "$2")" >/dev/null 2>&1 ||
-    "$RABBITMQ_LIB/rabbitmqctl" -q change_password "$1" "$(cat "$2")" >/dev/null
-  "$RABBITMQ_LIB/rabbitmqctl" -q set_permissions -p / "$1" "$3" "$4" "$5" >/dev/null
+  "$STACK_DIR/rabbitmqctl.sh" 1 -q add_user "$1" "$(cat "$2")" >/dev/null 2>&1 ||
+    "$STACK_DIR/rabbitmqctl.sh" 1 -q change_password "$1" "$(cat "$2")" >/dev/null
+  "$STACK_DIR/rabbitmqctl.sh" 1 -q set_permissions -p / "$1" "$3" "$4" "$5" >/dev/null
 }
 broker_users() {
-  rabbitmq_env
   broker_user "$POD_AMQP_USER" "$LOCAL/pod-amqp-password" "${DISPATCHER_PERMISSIONS[@]}"
   broker_user "$PRODUCER_AMQP_USER" "$LOCAL/producer-amqp-password" "${PRODUCER_PERMISSIONS[@]}"
 }
 
+# A running stack with another number of broker nodes than asked for is started again.
 all_running() {
-  for c in $COMPONENTS epmd; do component_alive "$c" || return 1; done
+  [ "$(broker_nodes)" = "$BROKER_NODES" ] || return 1
+  for c in $COMPONENTS epmd $(broker_components "$BROKER_NODES"); do component_alive "$c" || return 1; done
   $KUBECTL get --raw /readyz >/dev/null 2>&1 || return 1
-  rabbitmq_env; "$RABBITMQ_LIB/rabbitmqctl" -q status >/dev/null 2>&1
+  "$STACK_DIR/rabbitmqctl.sh" 1 -q status >/dev/null 2>&1
 }
 
 if [ -d "$STACK_RUN/pids" ] && all_running; then
@@ -62,9 +79,11 @@ fi
 "$STACK_DIR/build-etcd.sh"
 "$STACK_DIR/build-k8s.sh"
 "$STACK_DIR/build-images.sh"
+"$STACK_DIR/build-rabbitmq.sh"
 "$STACK_DIR/down.sh" --quiet          # clear whatever a crashed run left behind
 "$STACK_DIR/configure.sh"
-mkdir -p "$STACK_RUN/pids" "$STACK_STATE/pv/worker-pv-volume" "$STACK_STATE/rabbitmq/home" "$LOGS"
+mkdir -p "$STACK_RUN/pids" "$STACK_STATE/pv/worker-pv-volume" "$LOGS"
+echo "$BROKER_NODES" > "$STACK_RUN/broker-nodes"
 printf 'seeded by the local stack\n' > "$STACK_STATE/pv/worker-pv-volume/seed.txt"
 # Tasks run as a non-root user (JOB_RUN_AS_USER); a hostPath volume keeps its owner (fsGroup does
 # not apply to it), so the shared directory is writable by all, sticky like /tmp.
@@ -80,10 +99,20 @@ ip link add "$BRIDGE" type bridge 2>/dev/null || true
 ip addr replace "$POD_GATEWAY/${POD_SUBNET#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 
-# RabbitMQ (epmd started first and by us, so the broker does not spawn an untracked one).
-rabbitmq_env
-start_component epmd epmd -address 127.0.0.1
-start_component rabbitmq "$RABBITMQ_LIB/rabbitmq-server"
+# RabbitMQ from its root (stack/rabbitmq-chroot.sh). epmd is started first and by us, on the
+# stack's own port and loopback only, so no node spawns an untracked one. The nodes share one
+# Erlang cookie; they boot now, and join node 1's cluster once up (below).
+start_component epmd chroot "$RABBITMQ_ROOT" /usr/bin/env -i ERL_EPMD_PORT="$EPMD_PORT" \
+  /usr/bin/epmd -address 127.0.0.1 -port "$EPMD_PORT"
+epmd_listening() { (exec 3<>"/dev/tcp/127.0.0.1/$EPMD_PORT"); }
+waitfor epmd 10 epmd_listening
+(umask 077; openssl rand -hex 20 > "$STACK_RUN/erlang.cookie")
+for n in $(seq "$BROKER_NODES"); do
+  rabbitmq_node "$n"
+  mkdir -p "$RMQ_DATA" "$RMQ_LOGS"
+  install -m 0400 "$STACK_RUN/erlang.cookie" "$RMQ_DATA/.erlang.cookie"
+  start_component "$RMQ_NAME" "$STACK_DIR/rabbitmq-chroot.sh" server "$n" /usr/lib/rabbitmq/bin/rabbitmq-server
+done
 
 start_component etcd "$ETCD" --name dispatcher-stack --data-dir "$ETCD_DATA" \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
@@ -128,7 +157,19 @@ node_ready() {
 }
 waitfor kubelet 120 node_ready
 
-waitfor rabbitmq 90 "$RABBITMQ_LIB/rabbitmqctl" -q await_startup --timeout 5
+for n in $(seq "$BROKER_NODES"); do
+  rabbitmq_node "$n"
+  waitfor "$RMQ_NAME" 90 "$STACK_DIR/rabbitmqctl.sh" "$n" -q await_startup --timeout 5
+done
+for n in $(seq 2 "$BROKER_NODES"); do
+  rabbitmq_node "$n"
+  for step in stop_app reset "join_cluster dispatcher@localhost" start_app; do
+    # shellcheck disable=SC2086  # the step's words are the command's arguments
+    "$STACK_DIR/rabbitmqctl.sh" "$n" -q $step >"$LOGS/$RMQ_NAME-join.log" 2>&1 ||
+      fail_component "$RMQ_NAME" "rabbitmqctl $step: $(tail -n 3 "$LOGS/$RMQ_NAME-join.log")"
+  done
+  waitfor "$RMQ_NAME" 90 "$STACK_DIR/rabbitmqctl.sh" "$n" -q await_startup --timeout 5
+done
 broker_users
 
 $KUBECTL apply -f "$STACK_DIR/seed.yaml" >/dev/null
