@@ -60,11 +60,12 @@ def kubectl(
     )
 
 
-def rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
-    """`rabbitmqctl ARGS...` against the stack's broker, as its operator runs it."""
-    script = '. stack/lib.sh && rabbitmq_env && exec "$RABBITMQ_LIB/rabbitmqctl" -q "$@"'
+def rabbitmqctl(*args: str, node: int = 1) -> subprocess.CompletedProcess[str]:
+    """`rabbitmqctl ARGS...` against the stack's broker (node 1, or `node` of a BROKER_NODES=3
+    stack), as its operator runs it: stack/rabbitmqctl.sh, the CLI of the broker's own root. A
+    file it is given must lie under /tmp (pytest's tmp_path does)."""
     return subprocess.run(
-        ["bash", "-c", script, "rabbitmqctl", *args],
+        ["bash", "stack/rabbitmqctl.sh", str(node), "-q", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
