@@ -17,7 +17,7 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(UV) sync --frozen -q
 	@touch $@
 
-up:  ## start RabbitMQ and the single-node Kubernetes (idempotent)
+up:  ## start RabbitMQ 4 (BROKER_NODES=3: a three-node cluster) and the single-node Kubernetes (idempotent)
 	bash stack/up.sh
 
 down:  ## stop the local stack and leave nothing behind
