@@ -49,5 +49,6 @@ exec chroot "$R" /usr/bin/env -i \
   RABBITMQ_PID_FILE=/var/lib/rabbitmq/beam.pid \
   RABBITMQ_DIST_PORT="$RMQ_DIST_PORT" \
   RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}' \
+  RABBITMQ_CTL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}' \
   ERL_EPMD_PORT="$EPMD_PORT" ERL_EPMD_ADDRESS=127.0.0.1 \
   "${extra[@]}" "$@"
