@@ -50,7 +50,7 @@ EOT
 # guest may only connect from loopback. The two kinds of broker users (docs/security.md), each
 # with a fresh password: the dispatcher's pods' and a producer's, granted what `dispatcher
 # permissions` prints for the default names (tests/unit/test_permissions.py keeps them equal).
-DISPATCHER_PERMISSIONS=('^(tasks|responses|dispatcher\.internal)$' '^(tasks|responses|dispatcher\.internal|amq\.default)$' '^(tasks|responses|dispatcher\.internal)$')
+DISPATCHER_PERMISSIONS=('^(tasks|tasks\.control|responses|dispatcher\.internal|celery_delayed_(\d+|delivery|unroutable))$' '^(tasks|tasks\.control|responses|dispatcher\.internal|celery_delayed_(\d+|delivery|unroutable)|amq\.default)$' '^(tasks|tasks\.control|responses|dispatcher\.internal|celery_delayed_(\d+|delivery|unroutable))$')
 PRODUCER_PERMISSIONS=('^(amq\.gen\-.*)$' '^(tasks|amq\.gen\-.*)$' '^(responses|amq\.gen\-.*)$')
 broker_user() {  # USER PASSWORD-FILE CONFIGURE WRITE READ
   [ -s "$2" ] || (umask 077; openssl rand -hex 16 > "$2")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shlex
@@ -44,6 +45,8 @@ from dispatcher.errors import (
 if TYPE_CHECKING:
     from dispatcher.client import TaskHandle
     from dispatcher.messages.response import Response
+
+log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 EXIT_ERROR_RESPONSE = 1
@@ -159,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from dispatcher.core.preflight import check_kueue, preflight
+    from dispatcher.core.preflight import check_kueue, check_tombstones, preflight
     from dispatcher.worker.app import create_app
 
     app = create_app(settings)
@@ -171,6 +174,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     preflight(kube, settings)  # warns about the claim the Jobs mount
     try:
         check_kueue(kube, settings)  # no Kueue at all: nothing would ever admit a Job
+        check_tombstones(kube, settings)  # a Role without ConfigMaps would fail every task
+        declare_topology(app, settings)  # a queue of another type: one line, not a loop
     except ConfigError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -187,6 +192,20 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         ]
     )
     return 0
+
+
+def declare_topology(app: Any, settings: Settings) -> None:
+    """Declare our queues before Celery starts (ConfigError when one exists with other
+    arguments); a broker that cannot be reached yet is left to the worker's reconnects."""
+    from dispatcher.amqp.declare import declare_all
+
+    with app.connection_for_write() as connection:
+        try:
+            connection.ensure_connection(max_retries=1, interval_start=1)
+        except Exception as exc:  # noqa: BLE001 - Celery keeps trying, and says so
+            log.warning("could not check the queues at start-up (%s); the worker retries", exc)
+            return
+        declare_all(connection, settings)
 
 
 def _seconds(raw: str) -> int:
@@ -342,7 +361,10 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         response = client.cancel(args.id, timeout=args.wait_timeout)
     print(json.dumps(response.to_json(), ensure_ascii=False, indent=2))
-    return 0 if response.error == "cancelled" else EXIT_ERROR_RESPONSE
+    cancelled = response.error is not None and (
+        response.error == "cancelled" or response.error.startswith("cancelled: ")
+    )
+    return 0 if cancelled else EXIT_ERROR_RESPONSE
 
 
 def _read(path: str) -> bytes:

@@ -54,7 +54,11 @@ class Settings:
         "AMQP_PASSWORD", "guest", parsers.secret, "RabbitMQ password.", secret=True
     )
     amqp_host: str = _setting(
-        "AMQP_HOST", "rabbitmq.dispatcher.svc.cluster.local", parsers.host, "RabbitMQ host name."
+        "AMQP_HOST",
+        "rabbitmq.dispatcher.svc.cluster.local",
+        parsers.hosts,
+        "RabbitMQ host name, or the nodes of a cluster as a comma-separated list of host[:port] "
+        "(a port given here overrides AMQP_PORT): connections go to the first that answers.",
     )
     amqp_port: int = _setting("AMQP_PORT", 5672, parsers.integer(1, 65535), "RabbitMQ AMQP port.")
     amqp_vhost: str = _setting("AMQP_VHOST", "/", parsers.text, "RabbitMQ virtual host.")
@@ -155,7 +159,48 @@ class Settings:
         "confirmed: ack a task once it is durably handed on; immediate: ack on receipt.",
     )
     task_prefetch: int = _setting(
-        "TASK_PREFETCH", 16, parsers.integer(1, 1000), "Unacknowledged task messages per consumer."
+        "TASK_PREFETCH",
+        16,
+        parsers.integer(1, 1000),
+        "Task messages a worker takes from the task queue ahead of handing them on; while "
+        "MAX_ACTIVE_JOBS is reached it holds at most this many, unacknowledged, and the rest "
+        "wait untouched in RabbitMQ.",
+    )
+    queue_type: Literal["quorum", "classic"] = _setting(
+        "QUEUE_TYPE",
+        "quorum",
+        parsers.choice("quorum", "classic"),
+        "RabbitMQ type of the task, control, internal and response queues: quorum (replicated, "
+        "RabbitMQ 4's durable type) or classic. A queue that exists with another type stops "
+        "start-up.",
+    )
+    max_deliveries: int = _setting(
+        "MAX_DELIVERIES",
+        10,
+        parsers.integer(2, 1000),
+        "A task message delivered this many times (a quorum queue counts them) is answered "
+        "with an error instead of being handed on again; keep it below the queue's "
+        "delivery-limit (RabbitMQ 4: 20 unless a policy sets it), which drops the message.",
+    )
+    control_queue_name: str = _setting(
+        "CONTROL_QUEUE_NAME",
+        "tasks.control",
+        parsers.amqp_name(allow_empty=False),
+        "Queue of cancel requests, read apart from the task queue so a cancel never waits "
+        "behind a backlog of tasks.",
+    )
+    control_routing_key: str = _setting(
+        "CONTROL_ROUTING_KEY",
+        "control",
+        parsers.amqp_name(allow_empty=False),
+        "Routing key binding the control queue to the task exchange.",
+    )
+    cancel_tombstone_seconds: int = _setting(
+        "CANCEL_TOMBSTONE_SECONDS",
+        86400,
+        parsers.integer(60, 2592000),
+        "A task cancelled before it reached the cluster is answered 'cancelled' without "
+        "running when it is read within this long of the cancel.",
     )
     max_task_bytes: int = _setting(
         "MAX_TASK_BYTES",
@@ -434,9 +479,16 @@ class Settings:
         settings = cls(**values)
         _check_tls(settings)
         _check_limits(settings)
+        _check_queues(settings)
         if settings.kueue_priority_class and not settings.kueue_local_queue:
             raise ConfigError("KUEUE_PRIORITY_CLASS", "is set but KUEUE_LOCAL_QUEUE is not")
         return settings
+
+    @property
+    def has_control_queue(self) -> bool:
+        """A control queue needs routing keys: on a fanout or headers task exchange, cancel
+        requests travel on the task queue only."""
+        return self.task_exchange_type in ("direct", "topic")
 
     @property
     def broker_ssl(self) -> dict[str, Any] | None:
@@ -449,20 +501,32 @@ class Settings:
             "certfile": self.amqp_cert_file,
             "keyfile": self.amqp_key_file,
             "cert_reqs": ssl.CERT_REQUIRED,
-            "server_hostname": self.amqp_server_name or self.amqp_host,
+            "server_hostname": self.amqp_server_name or self.broker_addresses[0][0],
         }
 
     @property
-    def broker_url(self) -> str:
-        """The AMQP URL, with user, password and virtual host percent-quoted."""
+    def broker_addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every broker node of AMQP_HOST with its port (AMQP_PORT unless it names one)."""
+        found = (parsers.address(item) for item in self.amqp_host.split(","))
+        return tuple((host, port or self.amqp_port) for host, port in found)
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """One AMQP URL per broker node, with user, password and virtual host percent-quoted."""
         user = quote(self.amqp_user, safe="")
         password = quote(self.amqp_password, safe="")
         vhost = quote(self.amqp_vhost, safe="")
-        host = self.amqp_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"  # an IPv6 address
         scheme = "amqps" if self.amqp_tls else "amqp"
-        return f"{scheme}://{user}:{password}@{host}:{self.amqp_port}/{vhost}"
+        urls = []
+        for host, port in self.broker_addresses:
+            shown = f"[{host}]" if ":" in host else host  # an IPv6 address
+            urls.append(f"{scheme}://{user}:{password}@{shown}:{port}/{vhost}")
+        return urls
+
+    @property
+    def broker_url(self) -> str:
+        """The broker URLs as kombu and Celery take them: several are tried in turn."""
+        return ";".join(self.broker_urls)
 
 
 def _check_tls(settings: Settings) -> None:
@@ -474,6 +538,12 @@ def _check_tls(settings: Settings) -> None:
             else ("AMQP_KEY_FILE", "AMQP_CERT_FILE")
         )
         raise ConfigError(missing, f"must be set too when {given} is set")
+    if settings.amqp_tls and "," in settings.amqp_host and not settings.amqp_server_name:
+        raise ConfigError(
+            "AMQP_SERVER_NAME",
+            "must be set when AMQP_TLS is true and AMQP_HOST names several nodes: it is the name "
+            "every node's certificate is checked against",
+        )
     tls_only = ("AMQP_CA_FILE", "AMQP_CERT_FILE", "AMQP_KEY_FILE", "AMQP_SERVER_NAME")
     values = (
         settings.amqp_ca_file,
@@ -485,6 +555,23 @@ def _check_tls(settings: Settings) -> None:
         for name, value in zip(tls_only, values, strict=True):
             if value:
                 raise ConfigError(name, "is set but AMQP_TLS is not true (no TLS is used)")
+
+
+def _check_queues(settings: Settings) -> None:
+    """The control queue is a queue of its own, bound with a routing key of its own."""
+    others = {
+        "TASK_QUEUE_NAME": settings.task_queue_name,
+        "RESPONSE_QUEUE_NAME": settings.response_queue_name,
+        "CELERY_QUEUE_NAME": settings.celery_queue_name,
+    }
+    for env, name in others.items():
+        if settings.control_queue_name == name:
+            raise ConfigError("CONTROL_QUEUE_NAME", f"must differ from {env}, got '{name}'")
+    if settings.has_control_queue and settings.control_routing_key == settings.task_routing_key:
+        raise ConfigError(
+            "CONTROL_ROUTING_KEY",
+            f"must differ from TASK_ROUTING_KEY, got '{settings.control_routing_key}'",
+        )
 
 
 def _check_limits(settings: Settings) -> None:

@@ -118,6 +118,38 @@ def host(raw: str) -> str:
     raise Rejected(f"must be a host name or IP address, got {_quoted(raw)}")
 
 
+def address(raw: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]` or `[v6]:port` (an IPv6 address without brackets: no port)."""
+    item = raw.strip()
+    port: str | None = None
+    if item.startswith("["):
+        name, _, rest = item[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+        elif rest:
+            raise Rejected(f"must be host[:port], got {_quoted(item)}")
+    elif item.count(":") == 1:
+        name, _, port = item.partition(":")
+    else:
+        name = item
+    host(name)
+    if port is None:
+        return name, None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Rejected(f"the port of {_quoted(item)} must be a whole number from 1 to 65535")
+    return name, int(port)
+
+
+def hosts(raw: str) -> str:
+    """One broker address or several, comma-separated: `host[:port],…` (each checked)."""
+    items = [item.strip() for item in raw.split(",")]
+    if not raw.strip() or not all(items):
+        raise Rejected(f"must be host[:port] or a comma-separated list of them, got {_quoted(raw)}")
+    for item in items:
+        address(item)
+    return ",".join(items)
+
+
 def optional_host(raw: str) -> str | None:
     return host(raw) if raw else None
 

@@ -133,8 +133,15 @@ NEEDED = [
     ("list", "events"),
     ("watch", "events"),
     ("get", "persistentvolumeclaims"),
+    ("create", "configmaps"),
+    ("get", "configmaps"),
+    ("list", "configmaps"),
+    ("delete", "configmaps"),
 ]
 FORBIDDEN = [
+    ("update", "configmaps", JOBS),
+    ("patch", "configmaps", JOBS),
+    ("create", "configmaps", "dispatcher"),
     ("get", "secrets", "dispatcher"),
     ("get", "secrets", JOBS),
     ("create", "jobs.batch", "dispatcher"),  # its own namespace: not where Jobs run
@@ -269,6 +276,7 @@ def test_the_image_runs_in_the_cluster_and_answers_a_task(deployed: None) -> Non
                     Exchange("tasks", type="direct", durable=True),
                     routing_key="task",
                     durable=True,
+                    queue_arguments={"x-queue-type": "quorum"},
                 )
             ],
             reply_to=reply,
@@ -329,6 +337,14 @@ def http_get(pod: dict[str, Any], path: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def serving(pod: dict[str, Any]) -> bool:
+    """The pod's health server answers /healthz (a pod just started may not listen yet)."""
+    try:
+        return http_get(pod, "/healthz")[0] == 200
+    except urllib.error.URLError:
+        return False
+
+
 def test_readiness_waits_for_the_broker_and_the_watch(deployed: None) -> None:
     wait_ready()
     (ready_pod,) = dispatcher_pods()
@@ -346,7 +362,7 @@ def test_readiness_waits_for_the_broker_and_the_watch(deployed: None) -> None:
                 for p in dispatcher_pods()
                 if p["metadata"]["name"] != ready_pod["metadata"]["name"]
             ]
-            if pods and pods[0]["status"].get("podIP") and http_get(pods[0], "/healthz")[0] == 200:
+            if pods and pods[0]["status"].get("podIP") and serving(pods[0]):
                 break
             assert time.monotonic() < deadline, "the new pod never served /healthz"
             time.sleep(1)

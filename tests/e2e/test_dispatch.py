@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Producer, Queue
+from kombu import Producer
 
 from dispatcher.cli import EXIT_TIMEOUT
 from tests.support.stack import Broker, Worker, kubectl, run_cli, stack_env
@@ -134,7 +134,7 @@ def test_a_reply_to_not_allowed_is_answered_on_the_response_exchange_only(
     broker, _ = dispatcher
     channel = broker.conn.channel()
     victim = f"victim-{uuid.uuid4().hex[:8]}"  # a queue the producer does not own
-    channel.queue_declare(victim, auto_delete=True)
+    channel.queue_declare(victim, durable=True, auto_delete=True)
     sent = task("echo never")
     broker.publish(sent, reply_to=victim, correlation_id="corr-7")
 
@@ -404,12 +404,11 @@ def test_pickle_is_neither_accepted_on_the_task_queue_nor_run_from_the_internal_
     broker.publish(pickle.dumps(sent), content_type="application/x-python-serialize")
     assert broker.response(timeout=30) == {"error": "message: is not UTF-8 text"}
 
-    internal = Queue(f"{broker.instance.name}.internal", durable=True)
+    internal = f"{broker.instance.name}.internal"  # the worker declared it
     Producer(broker.conn.default_channel).publish(
         {"task": sent, "route": {}},
         serializer="pickle",
-        routing_key=internal.name,
-        declare=[internal],
+        routing_key=internal,
         headers={"task": "dispatcher.submit", "id": "pickled-1", "argsrepr": "", "kwargsrepr": ""},
     )
     deadline = time.monotonic() + 30

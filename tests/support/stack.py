@@ -24,6 +24,8 @@ from typing import Any
 from amqp.exceptions import NotFound
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
+from dispatcher.config import Settings
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = REPO / ".local"
 
@@ -100,6 +102,7 @@ class Instance:
                 "DISPATCHER_NAME": self.name,
                 "TASK_QUEUE_NAME": f"{self.name}.tasks",
                 "TASK_EXCHANGE_NAME": f"{self.name}.tasks",
+                "CONTROL_QUEUE_NAME": f"{self.name}.tasks.control",
                 "RESPONSE_QUEUE_NAME": f"{self.name}.responses",
                 "RESPONSE_EXCHANGE_NAME": f"{self.name}.responses",
                 "CELERY_QUEUE_NAME": f"{self.name}.internal",
@@ -112,8 +115,9 @@ class Instance:
 
     @property
     def broker_url(self) -> str:
+        """The stack's broker as the dispatcher reaches it: each node of AMQP_HOST in turn."""
         env = stack_env()
-        return f"amqp://{env['AMQP_USER']}:{env['AMQP_PASSWORD']}@{env['AMQP_HOST']}:{env['AMQP_PORT']}//"
+        return Settings.from_env({k: env[k] for k in env if k.startswith("AMQP_")}).broker_url
 
 
 class Broker:
@@ -124,14 +128,24 @@ class Broker:
         env = instance.env()
         self.conn = Connection(instance.broker_url, transport_options={"confirm_publish": True})
         self.task_exchange = Exchange(env["TASK_EXCHANGE_NAME"], type="direct", durable=True)
+        # Declared as the worker declares them (QUEUE_TYPE), so either may come first.
+        kind = {"x-queue-type": env.get("QUEUE_TYPE", "quorum")}
         self.task_queue = Queue(
-            env["TASK_QUEUE_NAME"], self.task_exchange, routing_key="task", durable=True
+            env["TASK_QUEUE_NAME"],
+            self.task_exchange,
+            routing_key="task",
+            durable=True,
+            queue_arguments=kind,
         )
         self.response_exchange = Exchange(
             env["RESPONSE_EXCHANGE_NAME"], type="direct", durable=True
         )
         self.response_queue = Queue(
-            env["RESPONSE_QUEUE_NAME"], self.response_exchange, routing_key="response", durable=True
+            env["RESPONSE_QUEUE_NAME"],
+            self.response_exchange,
+            routing_key="response",
+            durable=True,
+            queue_arguments=kind,
         )
         channel = self.conn.default_channel
         self.task_queue(channel).declare()
@@ -200,6 +214,7 @@ class Broker:
             self.task_queue.name,
             self.response_queue.name,
             f"{self.instance.name}.internal",
+            f"{self.instance.name}.tasks.control",
         ):
             try:
                 channel.queue_delete(name)

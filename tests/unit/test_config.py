@@ -35,6 +35,11 @@ ADDED_DEFAULTS = {
     "KUBECONFIG": "",
     "TASK_ACK_MODE": "confirmed",
     "TASK_PREFETCH": "16",
+    "QUEUE_TYPE": "quorum",
+    "MAX_DELIVERIES": "10",
+    "CONTROL_QUEUE_NAME": "tasks.control",
+    "CONTROL_ROUTING_KEY": "control",
+    "CANCEL_TOMBSTONE_SECONDS": "86400",
     "MAX_TASK_BYTES": "65536",
     "MAX_OUTPUT_BYTES": "1048576",
     "IMAGE_PULL_GRACE_SECONDS": "60",
@@ -178,6 +183,42 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             {"K8S_IN_CLUSTER": "maybe"},
             "K8S_IN_CLUSTER: must be one of true, false, 1, 0, yes, no, got 'maybe'",
             id="not-bool",
+        ),
+        pytest.param(
+            {"AMQP_HOST": "mq-0,,mq-1"},
+            "AMQP_HOST: must be host[:port] or a comma-separated list of them, got 'mq-0,,mq-1'",
+            id="hosts-empty-item",
+        ),
+        pytest.param(
+            {"AMQP_HOST": "mq-0,mq-1:99999"},
+            "AMQP_HOST: the port of 'mq-1:99999' must be a whole number from 1 to 65535",
+            id="hosts-bad-port",
+        ),
+        pytest.param(
+            {"AMQP_HOST": "mq-0,mq-1", "AMQP_TLS": "true"},
+            "AMQP_SERVER_NAME: must be set when AMQP_TLS is true and AMQP_HOST names several "
+            "nodes: it is the name every node's certificate is checked against",
+            id="tls-several-nodes-without-name",
+        ),
+        pytest.param(
+            {"QUEUE_TYPE": "stream"},
+            "QUEUE_TYPE: must be one of quorum, classic, got 'stream'",
+            id="queue-type",
+        ),
+        pytest.param(
+            {"CONTROL_QUEUE_NAME": "tasks"},
+            "CONTROL_QUEUE_NAME: must differ from TASK_QUEUE_NAME, got 'tasks'",
+            id="control-queue-is-the-task-queue",
+        ),
+        pytest.param(
+            {"CONTROL_ROUTING_KEY": "task"},
+            "CONTROL_ROUTING_KEY: must differ from TASK_ROUTING_KEY, got 'task'",
+            id="control-key-is-the-task-key",
+        ),
+        pytest.param(
+            {"MAX_DELIVERIES": "1"},
+            "MAX_DELIVERIES: must be a whole number from 2 to 1000, got '1'",
+            id="max-deliveries",
         ),
         pytest.param(
             {"TASK_EXCHANGE_TYPE": "x-delayed"},
@@ -377,6 +418,12 @@ def test_repr_hides_the_password() -> None:
             {"AMQP_HOST": "fd00::1"},
             "amqp://guest:guest@[fd00::1]:5672/%2F",
             id="ipv6-host-bracketed",
+        ),
+        pytest.param(
+            {"AMQP_HOST": "mq-0, mq-1:5682,[fd00::2]:5692", "AMQP_PORT": "5673"},
+            "amqp://guest:guest@mq-0:5673/%2F;amqp://guest:guest@mq-1:5682/%2F;"
+            "amqp://guest:guest@[fd00::2]:5692/%2F",
+            id="several-nodes-in-turn",
         ),
     ],
 )

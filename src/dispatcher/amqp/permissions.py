@@ -9,8 +9,10 @@ write on ``amq.default``, which would reach every queue; producers never get it.
   queues (``amq.gen-*`` and the operator's REPLY_TO_PREFIXES); reads the responses (their
   exchange and queue) and binds to the progress exchange. It cannot publish into the internal
   queue, nor to another queue by name.
-- **dispatcher**: declares and uses its exchanges and queues, publishes responses to the reply
-  queues through the default exchange, and alone owns its internal queue.
+- **dispatcher**: declares and uses its exchanges and queues (the control queue among them),
+  publishes responses to the reply queues through the default exchange, and alone owns its
+  internal queue — with quorum queues also Celery's ``celery_delayed_*`` exchanges and queues,
+  through which its delayed internal tasks wait.
 
 `dispatcher permissions` prints both as ``rabbitmqctl set_permissions`` commands, or with
 ``--definitions`` as a RabbitMQ definitions document that creates the users too (the manifests'
@@ -74,15 +76,23 @@ def producer(settings: Settings) -> Permissions:
     )
 
 
+CELERY_DELAYED = r"celery_delayed_(\d+|delivery|unroutable)"
+"""Celery's delayed delivery on quorum queues: its level exchanges and queues, and the exchange
+that hands a due task back to the internal queue's exchange."""
+
+
 def dispatcher(settings: Settings) -> Permissions:
     own = _names(
         settings.task_exchange_name,
         settings.task_queue_name,
+        settings.control_queue_name if settings.has_control_queue else "",
         settings.response_exchange_name,
         settings.response_queue_name,
         settings.progress_exchange_name,
         settings.celery_queue_name,  # the internal queue, and Celery's exchange of that name
     )
+    if settings.queue_type == "quorum":
+        own.append(CELERY_DELAYED)
     return Permissions(
         configure=_any_of(own),
         write=_any_of([*own, "amq\\.default"]),

@@ -30,7 +30,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if not settings.amqp_tls:
         return None
     context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.server_name = settings.amqp_server_name or settings.amqp_host
+    context.server_name = settings.amqp_server_name or settings.broker_addresses[0][0]
     try:
         if settings.amqp_ca_file:
             context.load_verify_locations(cafile=settings.amqp_ca_file)
