@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Producer
 
@@ -35,6 +35,24 @@ CONFIRM_TIMEOUT_SECONDS = 20.0
 
 Done = Callable[[bool], None]
 """Called once per answer: True when the broker confirmed it, False when it did not."""
+
+
+class Answers(Protocol):
+    """The port the consumer answers invalid messages through (`PipelinedAnswers`)."""
+
+    def publish(
+        self, response: Response, route: ReplyRoute, message_id: str, done: Done
+    ) -> None: ...
+
+    def pending(self) -> int: ...
+
+    def poll(self) -> None: ...
+
+    def close(self, wait: float = 5.0) -> None: ...
+
+
+AnswersFactory = Callable[..., Answers]
+"""Called as ``(connect, settings, watch=…, unwatch=…)``, like `PipelinedAnswers`."""
 
 
 @dataclass(frozen=True)

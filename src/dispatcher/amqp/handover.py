@@ -54,6 +54,9 @@ class HandOver:
         return self._outstanding
 
     def submit(self, send: Send, done: Done) -> None:
+        if self._closed:  # nothing sends any more: the message is put back, read again
+            done(False)
+            return
         self._outstanding += 1
         self._todo.put((send, done))
 

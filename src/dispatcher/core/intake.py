@@ -65,21 +65,59 @@ def check_reply_to(route: ReplyRoute, allowed: tuple[str, ...]) -> None:
     )
 
 
+Outcome = Accepted | CancelRequested | Rejected
+
+
+def deliveries(headers: Mapping[str, Any] | None) -> int:
+    """Which delivery of the message this is: 1, or 1 + the `x-delivery-count` header a quorum
+    queue sets on a message it delivers again (classic queues count nothing: always 1)."""
+    count = (headers or {}).get("x-delivery-count")
+    return 1 + count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+
+
 def take(
-    body: bytes | str, properties: Mapping[str, Any], settings: Settings
-) -> Accepted | CancelRequested | Rejected:
+    body: bytes | str,
+    properties: Mapping[str, Any],
+    settings: Settings,
+    *,
+    delivery: int = 1,
+    control: bool = False,
+) -> Outcome:
+    """What to do with one message: `delivery` is which delivery of it this is (`deliveries`),
+    `control` whether it came on the control queue (which takes cancel requests only)."""
     route = route_from_properties(properties)
     try:
         check_reply_to(route, settings.reply_to_prefixes)
     except InvalidTaskError as exc:  # answered, but never where the producer pointed
         return _rejected(exc, body, ReplyRoute(correlation_id=route.correlation_id))
     try:
+        check_deliveries(delivery, settings.max_deliveries)
         message = parse_message(body, TaskPolicy.from_settings(settings))
+        if control and not isinstance(message, Cancel):
+            raise InvalidTaskError(
+                "cancel",
+                f'the control queue takes cancel requests only ({{"cancel": "<task id>"}}); '
+                f"send tasks with routing key {settings.task_routing_key!r}",
+                message.id,
+            )
     except InvalidTaskError as exc:
         return _rejected(exc, body, route)
     if isinstance(message, Cancel):
         return CancelRequested(message, route)
     return Accepted(message, route)
+
+
+def check_deliveries(delivery: int, most: int) -> None:
+    """A message RabbitMQ delivered `most` times is answered rather than taken once more: a
+    quorum queue drops it past its delivery-limit, and nobody would ever hear of it."""
+    if delivery >= most:
+        raise InvalidTaskError(
+            "x-delivery-count",
+            f"the message was delivered {delivery} times without being acknowledged "
+            f"(MAX_DELIVERIES is {most}): a worker holding it stopped or lost its connection "
+            "each time. It is answered now instead of being taken again, before RabbitMQ would "
+            "drop it, and was not started by this delivery",
+        )
 
 
 def _rejected(exc: InvalidTaskError, body: bytes | str, route: ReplyRoute) -> Rejected:

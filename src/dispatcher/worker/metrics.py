@@ -53,7 +53,13 @@ class Metrics:
         )
         self.intake_paused = Gauge(
             "dispatcher_intake_paused",
-            "1 while this worker does not take tasks because MAX_ACTIVE_JOBS is reached.",
+            "1 while this worker holds tasks because MAX_ACTIVE_JOBS is reached.",
+            registry=r,
+        )
+        self.tasks_held = Gauge(
+            "dispatcher_tasks_held",
+            "Task messages this worker holds, unacknowledged, until MAX_ACTIVE_JOBS leaves room "
+            "(at most TASK_PREFETCH; the rest wait in the task queue).",
             registry=r,
         )
         self.task_queue_messages = Gauge(
