@@ -80,7 +80,7 @@ def test_cancel_from_the_handle_and_for_an_unknown_id(dispatcher: Dispatcher) ->
     assert result.error == "cancelled"
     assert result.output in ("started\n", None)  # None only if the pod had not started yet
     assert unknown.error is not None
-    assert unknown.error.startswith("cancel: task 'no-such-task' is not in progress")
+    assert unknown.error.startswith("cancelled: task 'no-such-task' had no Job yet")
 
 
 @pytest.mark.settings(PROGRESS_EXCHANGE_NAME=PROGRESS)
@@ -146,5 +146,5 @@ def test_the_async_client_awaits_a_cancel_and_another_tasks_answer_together(
     assert own.error == "cancelled"
     assert own.output in ("up\n", None)
     assert unknown.error is not None
-    assert unknown.error.startswith("cancel: task 'no-such-async-task' is not in progress")
+    assert unknown.error.startswith("cancelled: task 'no-such-async-task' had no Job yet")
     assert broker.no_more_responses(1) == []  # all on the client's own queues

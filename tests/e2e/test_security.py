@@ -63,10 +63,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def secured(local_stack: dict[str, str], log_dir: Path) -> Iterator[tuple[Broker, Worker, Users]]:
-    """A worker that runs as the dispatcher user (least privilege), and a producer user."""
+def secured(
+    request: pytest.FixtureRequest, local_stack: dict[str, str], log_dir: Path
+) -> Iterator[tuple[Broker, Worker, Users]]:
+    """A worker that runs as the dispatcher user (least privilege), and a producer user; more
+    settings from `@pytest.mark.settings(...)`."""
     name = "t" + uuid.uuid4().hex[:8]
-    instance = Instance(name=name, extra={"PROGRESS_EXCHANGE_NAME": f"{name}.progress"})
+    marker = request.node.get_closest_marker("settings")
+    extra = {"PROGRESS_EXCHANGE_NAME": f"{name}.progress", **(marker.kwargs if marker else {})}
+    instance = Instance(name=name, extra=extra)
     users = Users(instance)
     instance.extra.update(
         AMQP_USER=users.names["dispatcher"],
@@ -126,6 +131,26 @@ def test_a_producer_sends_tasks_and_reads_its_answer_as_the_dispatcher_runs_leas
             assert time.monotonic() < deadline, "no answer on the producer's reply queue"
             time.sleep(0.3)
     assert json.loads(message.body) == {"id": sent["id"], "output": "from-a-producer\n", "exit": 0}
+
+
+@pytest.mark.settings(IMAGE_PULL_GRACE_SECONDS="5")
+def test_a_delayed_internal_task_goes_through_rabbitmqs_delayed_delivery_as_least_privileged(
+    secured: tuple[Broker, Worker, Users],
+) -> None:
+    """An image that cannot be pulled is answered after the grace period: its finalize is sent
+    with a countdown, which with quorum queues waits in Celery's `celery_delayed_*` queues,
+    declared and used by the dispatcher's own broker user."""
+    broker, worker, _ = secured
+    sent = task(image="localhost/no-such-image:1.0")
+    broker.publish(sent)
+
+    answer = broker.response(timeout=120)
+
+    assert answer["id"] == sent["id"]
+    assert answer["error"].startswith("image 'localhost/no-such-image:1.0' could not be pulled")
+    assert "Failed to setup delayed delivery" not in worker.log()
+    queues = rabbitmqctl("list_queues", "--no-table-headers", "name", "type").stdout
+    assert "celery_delayed_0\tquorum" in queues
 
 
 def test_the_cli_sends_a_task_and_waits_for_it_as_a_producer(
@@ -195,8 +220,8 @@ def test_a_task_that_no_queue_takes_is_refused_by_both_clients_not_lost(
     path.write_text(json.dumps(task()))
     error = (
         f"no queue takes messages routed 'not-the-workers' on the exchange "
-        f"'{env['TASK_EXCHANGE_NAME']}': the broker returned the task unsent (is TASK_ROUTING_KEY "
-        "the worker's?)"
+        f"'{env['TASK_EXCHANGE_NAME']}': the broker returned the message unsent (is "
+        "TASK_ROUTING_KEY the worker's?)"
     )
 
     result = subprocess.run(

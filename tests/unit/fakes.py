@@ -70,6 +70,8 @@ class FakeKube:
         """Kueue's Workloads (their `kueue.x-k8s.io/job-uid` label selects them)."""
         self.logs: dict[str, str | KubeError] = {}
         """Log text by Pod name, or the error the API server answers for it."""
+        self.tombstones: dict[str, KubeObject] = {}
+        """ConfigMaps left by cancels of tasks that had no Job yet, by name."""
         self._versions = itertools.count(48213)
         self._uids = itertools.count(1)
         self._failures: dict[str, deque[KubeError]] = defaultdict(deque)
@@ -206,6 +208,32 @@ class FakeKube:
             job["metadata"]["resourceVersion"] = self._next_version()
         else:
             self.deleted[name] = self.jobs.pop(name)
+
+    def create_tombstone(self, manifest: Mapping[str, Any]) -> KubeObject | None:
+        self._enter("create_tombstone")
+        name = manifest["metadata"]["name"]
+        if name in self.tombstones:
+            return None
+        made = copy.deepcopy(dict(manifest))
+        made["metadata"]["creationTimestamp"] = T0
+        made["metadata"]["uid"] = f"cm-{next(self._uids)}"
+        self.tombstones[name] = made
+        return copy.deepcopy(made)
+
+    def get_tombstone(self, name: str) -> KubeObject | None:
+        self._enter("get_tombstone")
+        found = self.tombstones.get(name)
+        return copy.deepcopy(found) if found is not None else None
+
+    def list_tombstones(self, selector: str) -> list[KubeObject]:
+        self._enter("list_tombstones")
+        return [copy.deepcopy(t) for t in self.tombstones.values() if _matches(t, selector)]
+
+    def delete_tombstone(self, name: str, *, uid: str | None = None) -> None:
+        self._enter("delete_tombstone")
+        found = self.tombstones.get(name)
+        if found is not None and (uid is None or found["metadata"]["uid"] == uid):
+            del self.tombstones[name]
 
     def list_pods(self, selector: str) -> list[KubeObject]:
         self._enter("list_pods")

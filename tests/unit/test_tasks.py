@@ -16,7 +16,7 @@ from celery import Celery
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError
 
-from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK
+from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK, internal_queue
 from dispatcher.core.finalize import LOGS_UNAVAILABLE
 from dispatcher.errors import InvalidSpecError, PermanentKubeError, TransientKubeError
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION
@@ -243,15 +243,21 @@ def test_cancel_of_a_running_task_stops_its_job(worker: Worker) -> None:
     assert worker.publisher.responses == []  # finalize answers it, with its logs so far
 
 
-def test_cancel_of_an_unknown_id_looks_again_then_says_so(worker: Worker) -> None:
-    with pytest.raises(Retry):  # its submit may be a moment behind
-        worker.cancel("t-1", retries=0)
-
-    assert worker.cancel("t-1", retries=3) == "answered"
+def test_cancel_of_a_task_not_yet_in_the_cluster_answers_cancelled_and_its_task_never_runs(
+    worker: Worker,
+) -> None:
+    assert worker.cancel("t-1") == "answered"
     [published] = worker.publisher.published
-    assert published.response.error is not None
-    assert published.response.error.startswith("cancel: task 't-1' is not in progress")
+    assert published.response == Response(
+        id="t-1",
+        error="cancelled: task 't-1' had no Job yet; if it arrives within 86400 s "
+        "(CANCEL_TOMBSTONE_SECONDS) it is answered 'cancelled' without running",
+    )
     assert published.route.correlation_id == "c-9"
+
+    assert worker.submit(task_document()) == "cancelled"  # the task is read later
+    assert worker.kube.jobs == {}
+    assert worker.publisher.responses[-1] == Response(id="t-1", error="cancelled")
 
 
 def test_cancel_with_the_api_down_is_retried_then_answered(worker: Worker) -> None:
@@ -303,7 +309,7 @@ def test_a_retry_is_sent_sealed(worker: Worker) -> None:
         worker.submit(task_document())
 
     with worker.app.connection_for_write() as conn:
-        message = conn.SimpleQueue(SETTINGS.celery_queue_name, no_ack=True).get(timeout=2)
+        message = conn.SimpleQueue(internal_queue(SETTINGS), no_ack=True).get(timeout=2)
     args, kwargs, _ = message.decode()
     assert worker.app.dispatcher.sealer.verify(
         SUBMIT_TASK, args, kwargs, message.headers[SEAL_HEADER]

@@ -30,12 +30,13 @@ from aiormq.exceptions import (
     AMQPError,
     ChannelAccessRefused,
     ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
     PublishError,
 )
-from kombu import Exchange
+from kombu import Exchange, Queue
 
 from dispatcher.amqp.tls import tls_context
-from dispatcher.amqp.topology import progress_exchange, task_queue
+from dispatcher.amqp.topology import control_queue, progress_exchange, task_queue
 from dispatcher.client.inbox import (
     CONFIRM_SECONDS,
     CONTENT_TYPE,
@@ -47,6 +48,7 @@ from dispatcher.client.inbox import (
     new_correlation_id,
     no_progress_exchange,
     no_task_exchange,
+    routing_key,
     unconfirmed,
     unroutable,
 )
@@ -98,12 +100,7 @@ class AsyncClient:
         settings = self.settings
         if self._connection is not None:
             return
-        try:
-            connection = await aio_pika.connect(
-                settings.broker_url, ssl_context=tls_context(settings), timeout=_CONNECT_SECONDS
-            )
-        except Exception as exc:
-            raise ClientError(f"cannot connect to RabbitMQ at {settings.amqp_host}: {exc}") from exc
+        connection = await _first_answering(settings)
         try:
             await self._declare(connection)
         except BaseException:
@@ -112,19 +109,15 @@ class AsyncClient:
         self._connection = connection
 
     async def _declare(self, connection: AbstractConnection) -> None:
-        """Declare the task exchange and queue, so that a task sent before any worker started
-        waits in its queue, and the progress exchange. A producer's broker user may not
-        (docs/security.md): they are then the dispatcher's, declared when a worker starts."""
-        queue, progress = task_queue(self.settings), progress_exchange(self.settings)
-
-        async def tasks(channel: AbstractChannel) -> None:
-            declared = await channel.declare_queue(
-                queue.name, durable=queue.durable, arguments=queue.queue_arguments
-            )
-            exchange = await _declare_exchange(channel, queue.exchange)
-            await declared.bind(exchange, routing_key=queue.routing_key)
-
-        await _declare_quietly(connection, tasks, f"the task queue {queue.name!r}")
+        """Declare the task exchange and queues, so that a task (or cancel) sent before any
+        worker started waits in its queue, and the progress exchange. A producer's broker user
+        may not (docs/security.md): they are then the dispatcher's, declared when a worker
+        starts."""
+        progress = progress_exchange(self.settings)
+        for queue in (task_queue(self.settings), control_queue(self.settings)):
+            if queue is not None:
+                declare_queue = partial(_declare_queue, queue=queue)
+                await _declare_quietly(connection, declare_queue, f"the queue {queue.name!r}")
         if progress is not None:
             declare = partial(_declare_exchange, exchange=progress)
             await _declare_quietly(connection, declare, f"the progress exchange {progress.name!r}")
@@ -181,7 +174,7 @@ class AsyncClient:
             reply_to=reply_to or None,
             message_id=new_correlation_id(),  # how the broker's return of it is matched
         )
-        name, key = self.settings.task_exchange_name, self.settings.task_routing_key
+        name, key = self.settings.task_exchange_name, routing_key(document, self.settings)
         try:
             async with asyncio.timeout(CONFIRM_SECONDS):  # aiormq waits out a blocked broker
                 channel = await self._publishing_channel()
@@ -190,7 +183,7 @@ class AsyncClient:
         except ChannelNotFoundEntity as exc:
             raise ClientError(no_task_exchange(name)) from exc
         except PublishError as exc:
-            raise ClientError(unroutable(name, key)) from exc
+            raise ClientError(unroutable(name, key, self.settings)) from exc
         except TimeoutError as exc:
             raise ClientError(unconfirmed()) from exc
         except _AMQP_ERRORS as exc:
@@ -235,10 +228,32 @@ class AsyncClient:
         return handle
 
 
+async def _first_answering(settings: Settings) -> AbstractConnection:
+    """A connection to the first broker node of AMQP_HOST that answers, tried in order."""
+    failures = []
+    for url, (host, port) in zip(settings.broker_urls, settings.broker_addresses, strict=True):
+        try:
+            return await aio_pika.connect(
+                url, ssl_context=tls_context(settings), timeout=_CONNECT_SECONDS
+            )
+        except Exception as exc:  # noqa: BLE001 - the next node may answer; all are named
+            failures.append(f"{host}:{port}: {exc}")
+    raise ClientError(f"cannot connect to RabbitMQ at {settings.amqp_host}: {'; '.join(failures)}")
+
+
 async def _declare_exchange(channel: AbstractChannel, exchange: Exchange) -> AbstractExchange:
     """`exchange` (one of the dispatcher's, as :mod:`dispatcher.amqp.topology` defines it)
     declared on `channel`."""
     return await channel.declare_exchange(exchange.name, exchange.type, durable=exchange.durable)
+
+
+async def _declare_queue(channel: AbstractChannel, queue: Queue) -> None:
+    """`queue` (one of the dispatcher's) declared on `channel` and bound to its exchange."""
+    declared = await channel.declare_queue(
+        queue.name, durable=queue.durable, arguments=queue.queue_arguments
+    )
+    exchange = await _declare_exchange(channel, queue.exchange)
+    await declared.bind(exchange, routing_key=queue.routing_key)
 
 
 async def _declare_quietly(
@@ -246,12 +261,13 @@ async def _declare_quietly(
     declare: Callable[[AbstractChannel], Awaitable[object]],
     what: str,
 ) -> None:
-    """Run `declare` on a channel of its own; a refusal for lack of permission is no error,
+    """Run `declare` on a channel of its own; a refusal for lack of permission is no error, nor
+    is a queue that exists with other arguments (the workers' QUEUE_TYPE, not this producer's);
     any other failure is a ClientError naming `what`."""
     channel = await connection.channel()
     try:
         await declare(channel)
-    except ChannelAccessRefused:
+    except (ChannelAccessRefused, ChannelPreconditionFailed):
         pass
     except _AMQP_ERRORS as exc:
         raise ClientError(f"cannot declare {what}: {exc}") from exc

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final
 
+from dispatcher.config import Settings
 from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Response
 from dispatcher.messages.task import Cancel, Task, TaskPolicy, parse_message, parse_task
@@ -66,12 +67,25 @@ def unconfirmed() -> str:
     )
 
 
-def unroutable(exchange: str, routing_key: str) -> str:
-    """The error of a task the broker returned: no queue is bound for its routing key."""
+def unroutable(exchange: str, routing_key: str, settings: Settings) -> str:
+    """The error of a message the broker returned: no queue is bound for its routing key."""
+    setting = (
+        "CONTROL_ROUTING_KEY"
+        if routing_key == settings.control_routing_key and settings.has_control_queue
+        else "TASK_ROUTING_KEY"
+    )
     return (
         f"no queue takes messages routed '{routing_key}' on the exchange '{exchange}': the "
-        "broker returned the task unsent (is TASK_ROUTING_KEY the worker's?)"
+        f"broker returned the message unsent (is {setting} the worker's?)"
     )
+
+
+def routing_key(document: Mapping[str, Any], settings: Settings) -> str:
+    """Cancel requests go to the control queue (never behind a backlog of tasks), when the task
+    exchange routes by key; tasks to the task queue."""
+    if "cancel" in document and settings.has_control_queue:
+        return settings.control_routing_key
+    return settings.task_routing_key
 
 
 def new_correlation_id() -> str:

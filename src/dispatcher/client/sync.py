@@ -17,10 +17,10 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from amqp.exceptions import AccessRefused, AMQPError, NotFound
+from amqp.exceptions import AccessRefused, AMQPError, NotFound, PreconditionFailed
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from dispatcher.amqp.topology import progress_exchange, task_exchange, task_queue
+from dispatcher.amqp.topology import control_queue, progress_exchange, task_exchange, task_queue
 from dispatcher.client.inbox import (
     CONFIRM_SECONDS,
     CONTENT_TYPE,
@@ -32,6 +32,7 @@ from dispatcher.client.inbox import (
     new_correlation_id,
     no_progress_exchange,
     no_task_exchange,
+    routing_key,
     unconfirmed,
     unroutable,
 )
@@ -130,12 +131,13 @@ class Client:
             properties["reply_to"] = reply_to
         self._declare_task_queue()
         exchange = task_exchange(self.settings)
+        key = routing_key(document, self.settings)
         message_id = new_correlation_id()  # how the broker's return of it is matched
         try:
             Producer(channel, on_return=self._on_return).publish(
                 encode(document),
                 exchange=exchange,
-                routing_key=self.settings.task_routing_key,
+                routing_key=key,
                 mandatory=True,
                 content_type=CONTENT_TYPE,
                 content_encoding="utf-8",
@@ -155,26 +157,30 @@ class Client:
             raise ClientError(f"cannot publish to RabbitMQ: {exc}") from exc
         if message_id in self._returned:  # the return comes before the broker's confirm
             self._returned.discard(message_id)
-            raise ClientError(unroutable(exchange.name, self.settings.task_routing_key))
+            raise ClientError(unroutable(exchange.name, key, self.settings))
 
     def _on_return(self, _exc: object, _exchange: str, _key: str, message: Any) -> None:
         self._returned.add(message.properties.get("message_id", ""))
 
     def _declare_task_queue(self) -> None:
-        """Declare the task exchange and queue once, so that a task sent before any worker
-        started waits in its queue."""
+        """Declare the task exchange and queues once, so that a task (or cancel) sent before any
+        worker started waits in its queue."""
         if not self._declared:
             self.declare_quietly(task_queue(self.settings))
+            control = control_queue(self.settings)
+            if control is not None:
+                self.declare_quietly(control)
             self._declared = True
 
     def declare_quietly(self, entity: Exchange | Queue) -> None:
         """Declare one of the dispatcher's exchanges or queues on a channel of its own. A
         producer's broker user may not (docs/security.md): they are then the dispatcher's,
-        declared when a worker starts, and this does nothing."""
+        declared when a worker starts, and this does nothing. Nor does a queue that exists with
+        other arguments (the workers' QUEUE_TYPE is not this producer's): it is there."""
         channel = self._connection.channel()
         try:
             entity(channel).declare()
-        except AccessRefused:
+        except (AccessRefused, PreconditionFailed):
             pass
         finally:
             with contextlib.suppress(Exception):

@@ -1,4 +1,9 @@
-"""Cancel: stop a task that is in progress, so that it is answered ``cancelled``.
+"""Cancel: stop a task that is in progress, or keep it from ever running, so that it is
+answered ``cancelled``.
+
+A task that has no Job yet (it waits in RabbitMQ, or was never sent) gets a tombstone
+(`core.tombstones`): the cancel is answered ``cancelled`` at once, and the task, when it is read,
+is answered ``cancelled`` without a Job.
 
 A task is in progress while its Job exists unanswered and has not ended: queued for room in the
 cluster, running, or stuck. Cancelling marks the Job (``job-dispatcher.io/cancelled``), adds the
@@ -16,8 +21,14 @@ from datetime import UTC, datetime
 
 from dispatcher.config import Settings
 from dispatcher.core.ports import KubeGateway
+from dispatcher.core.tombstones import bury
 from dispatcher.errors import ConflictError, TransientKubeError
-from dispatcher.kube.conventions import CANCELLED_ANNOTATION, RESPONDED_ANNOTATION, owns
+from dispatcher.kube.conventions import (
+    CANCELLED_ANNOTATION,
+    RESPONDED_ANNOTATION,
+    owns,
+    timestamp,
+)
 from dispatcher.kube.outcome import job_finished
 from dispatcher.kube.routes import with_route
 from dispatcher.messages.route import ReplyRoute
@@ -29,7 +40,8 @@ ATTEMPTS = 5
 
 class Cancelled(enum.Enum):
     STOPPING = "stopping"  # the Job is being stopped; its answer follows on every route
-    NO_SUCH_TASK = "no such task"  # no Job of this installation has the id
+    BEFORE_START = "before start"  # no Job yet: a tombstone keeps the task from ever running
+    NO_SUCH_TASK = "no such task"  # the id is another installation's Job
     ENDED = "ended"  # the Job ended or was answered: its own answer stands
 
 
@@ -42,10 +54,19 @@ def cancel(
     now: datetime | None = None,
 ) -> Cancelled:
     """Stop the task `task_id` if it is in progress. Raises KubeError when the API fails."""
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = now or datetime.now(UTC)
+    stamp = timestamp(now)
+    buried = False
     for _ in range(ATTEMPTS):
         job = kube.get_job(task_id)
-        if job is None or not owns(job, settings.dispatcher_name):
+        if job is None and not buried:
+            bury(task_id, kube, settings, now)  # then look again: a submit may have just run
+            buried = True
+            continue
+        if job is None:
+            log.info("task %s cancelled before it reached the cluster", task_id)
+            return Cancelled.BEFORE_START
+        if not owns(job, settings.dispatcher_name):
             return Cancelled.NO_SUCH_TASK
         meta = job["metadata"]
         annotations = meta.get("annotations") or {}
@@ -66,11 +87,20 @@ def cancel(
     raise TransientKubeError(f"Job {task_id} kept changing while it was cancelled")
 
 
+def cancelled_before_start(task_id: str, settings: Settings) -> str:
+    """The cancel request's answer when the task had no Job yet (a tombstone now waits for it):
+    it starts with ``cancelled`` like the answer of a stopped task."""
+    return (
+        f"cancelled: task '{task_id}' had no Job yet; if it arrives within "
+        f"{settings.cancel_tombstone_seconds} s (CANCEL_TOMBSTONE_SECONDS) it is answered "
+        "'cancelled' without running"
+    )
+
+
 def not_in_progress_error(task_id: str, why: Cancelled) -> str:
     """The cancel request's answer when there was nothing to stop."""
     if why is Cancelled.ENDED:
         return f"cancel: task '{task_id}' is not in progress: it has already ended"
     return (
-        f"cancel: task '{task_id}' is not in progress: there is no such task "
-        "(it has ended and was answered, or it has not reached the cluster)"
+        f"cancel: task '{task_id}' is not in progress: the id names a Job of another installation"
     )

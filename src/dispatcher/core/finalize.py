@@ -39,6 +39,7 @@ from dispatcher.kube.conventions import (
     RESPONDED_ANNOTATION,
     owns,
     pods_of_job,
+    timestamp,
     workloads_of_job,
 )
 from dispatcher.kube.outcome import (
@@ -219,7 +220,7 @@ def _release_answered(
     While the Job is not being deleted, marking and dropping the finalizer is one patch; a
     terminating Job is marked first (dropping its last finalizer deletes it as it was *before*
     that patch, and its DELETED event must show it answered, or it would be answered again)."""
-    responded = {RESPONDED_ANNOTATION: _ts(now)}
+    responded = {RESPONDED_ANNOTATION: timestamp(now)}
     for _ in range(RELEASE_ATTEMPTS):
         meta = job["metadata"]
         name, version = meta["name"], meta["resourceVersion"]
@@ -421,7 +422,7 @@ def _patch_claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, 
     patch = {
         "metadata": {
             "resourceVersion": meta["resourceVersion"],
-            "annotations": {CLAIM_ANNOTATION: f"{ctx.claimant} {_ts(now)}"},
+            "annotations": {CLAIM_ANNOTATION: f"{ctx.claimant} {timestamp(now)}"},
         }
     }
     return ctx.kube.patch_job(meta["name"], patch)
@@ -494,7 +495,3 @@ def _age(job: dict[str, Any], now: datetime, *, since: str | None = None) -> flo
         return (now - datetime.fromisoformat(start)).total_seconds() if start else None
     except ValueError:
         return None
-
-
-def _ts(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -17,13 +17,18 @@ import logging
 from typing import Any, Protocol
 
 from dispatcher.config import Settings
-from dispatcher.errors import ConfigError, KubeError
+from dispatcher.errors import ConfigError, ForbiddenError, KubeError
+from dispatcher.kube.conventions import tombstone_name
 
 log = logging.getLogger(__name__)
 
 
 class ClaimReader(Protocol):
     def get_claim(self, name: str) -> dict[str, Any] | None: ...
+
+
+class TombstoneReader(Protocol):
+    def get_tombstone(self, name: str) -> dict[str, Any] | None: ...
 
 
 class ObjectReader(ClaimReader, Protocol):
@@ -93,3 +98,20 @@ def check_kueue(kube: ObjectReader, settings: Settings) -> str | None:
     if problem is not None:
         log.warning("%s", problem)
     return problem
+
+
+def check_tombstones(kube: TombstoneReader, settings: Settings) -> None:
+    """Raise ConfigError when the dispatcher may not read ConfigMaps in JOB_NAMESPACE: every
+    task would be answered with the API server's refusal (submit looks for a tombstone)."""
+    probe = tombstone_name(settings.dispatcher_name, "start-up-check")
+    try:
+        kube.get_tombstone(probe)
+    except ForbiddenError as exc:
+        raise ConfigError(
+            "JOB_NAMESPACE",
+            f"the dispatcher may not read ConfigMaps in namespace '{settings.job_namespace}' "
+            "(the tombstones of cancelled tasks): its Role needs create, get, list and delete on "
+            f"configmaps there, as in manifests/base/rbac.yaml ({exc})",
+        ) from None
+    except KubeError as exc:  # the API may not be there yet: the tasks will say so
+        log.warning("could not check access to the tombstones of cancelled tasks: %s", exc)

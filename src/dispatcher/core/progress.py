@@ -18,6 +18,7 @@ from dispatcher.kube.conventions import (
     CONTROLLER_UID_LABEL,
     CORRELATION_ID_ANNOTATION,
     TASK_ID_LABEL,
+    timestamp,
 )
 from dispatcher.messages.progress import FAILED, QUEUED, RUNNING, SUCCEEDED, ProgressEvent
 from dispatcher.messages.response import Response
@@ -62,7 +63,7 @@ class Progress:
         if self._publisher is None or not meta.get("name"):
             return
         task_id = str(meta["name"])
-        when = self._clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = timestamp(self._clock())
         event = ProgressEvent(id=task_id, state=state, time=when, **details)
         correlation_id = (meta.get("annotations") or {}).get(CORRELATION_ID_ANNOTATION)
         try:

@@ -6,16 +6,22 @@ the Job's routes with a conditional patch; a copy sent again after the Job ran a
 answered (it is kept for the idempotency window) is to be answered again — or is a conflict
 with a different task that the caller must answer with an error. Kubernetes errors propagate
 as `KubeError`s; whether to retry is the caller's decision (transient vs permanent).
+
+A task cancelled before it got here (its tombstone is there, `core.tombstones`) gets no Job; one
+whose cancel came while its Job was being created is stopped at once.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from datetime import UTC, datetime
 
 from dispatcher.config import Settings
+from dispatcher.core.cancel import Cancelled, cancel
 from dispatcher.core.ports import KubeGateway
 from dispatcher.core.progress import Progress
+from dispatcher.core.tombstones import is_buried
 from dispatcher.errors import ConflictError, TaskConflictError, TransientKubeError
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION, TASK_HASH_ANNOTATION, owns
 from dispatcher.kube.jobspec import build_job
@@ -33,6 +39,7 @@ class Submitted(enum.Enum):
     CREATED = "created"
     JOINED = "joined"  # the same task was already running as this Job
     ANSWERED = "answered before"  # the same task already ran and was answered: answer again
+    CANCELLED = "cancelled"  # cancelled before it reached the cluster: answer, no Job
 
 
 def submit(
@@ -42,20 +49,34 @@ def submit(
     kube: KubeGateway,
     settings: Settings,
     progress: Progress | None = None,
+    now: datetime | None = None,
 ) -> Submitted:
     """Create the Job for `task`, or join the identical one that already exists (and have its
     answer sent to this task's route too). A created Job is announced as queued.
 
     Raises TaskConflictError when a different task holds the id, and KubeError otherwise.
     """
+    now = now or datetime.now(UTC)
+    if is_buried(task.id, kube, settings, now):
+        # Cancelled. Usually no Job exists; one made by an earlier attempt of this submit (whose
+        # answer from the API was lost) is stopped like any cancelled Job, and answers.
+        stopped = cancel(task.id, route, kube=kube, settings=settings, now=now)
+        if stopped is Cancelled.NO_SUCH_TASK:
+            raise TaskConflictError(task.id)
+        if stopped is not Cancelled.BEFORE_START:
+            return Submitted.JOINED
+        log.info("task %s was cancelled before it reached the cluster; no Job", task.id)
+        return Submitted.CANCELLED
     manifest = build_job(task, route, settings)
     try:
         created = kube.create_job(manifest)
     except ConflictError:
         return _join(task, route, kube, settings)
     log.info("created Job %s for image %s", task.id, task.image)
-    if progress is not None:
+    if progress is not None:  # first: the watch may announce it running a moment later
         progress.queued(created)
+    if is_buried(task.id, kube, settings, now):  # a cancel came while the Job was created
+        cancel(task.id, route, kube=kube, settings=settings)
     return Submitted.CREATED
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import quote
 
@@ -42,10 +42,12 @@ _PATHS = {
     "pods": "/api/v1/namespaces/{ns}/pods",
     "events": "/api/v1/namespaces/{ns}/events",
     "persistentvolumeclaims": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "configmaps": "/api/v1/namespaces/{ns}/configmaps",
     "workloads": "/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/workloads",
     "localqueues": "/apis/kueue.x-k8s.io/v1beta2/namespaces/{ns}/localqueues",
 }
 _NAMES = {
+    "configmaps": "ConfigMap",
     "persistentvolumeclaims": "PersistentVolumeClaim",
     "workloads": "Workload",
     "localqueues": "LocalQueue",
@@ -240,6 +242,42 @@ class KubeClient:
             self._call("DELETE", self._path("jobs", name), f"delete Job {name}", json=body)
         except NotFoundError:
             log.debug("Job %s was already deleted", name)
+
+    # -- Tombstones of tasks cancelled before they reached the cluster ------------------------
+
+    def create_tombstone(self, manifest: Mapping[str, Any]) -> KubeObject | None:
+        """Create the ConfigMap `manifest`; None when one of that name exists already."""
+        name = manifest["metadata"]["name"]
+        params = {"fieldManager": self._field_manager}
+        try:
+            return self._json(
+                "POST",
+                self._path("configmaps"),
+                f"create ConfigMap {name}",
+                json=dict(manifest),
+                params=params,
+            )
+        except ConflictError:
+            return None
+
+    def get_tombstone(self, name: str) -> KubeObject | None:
+        return self.get_object("configmaps", name)
+
+    def list_tombstones(self, selector: str) -> list[KubeObject]:
+        data = self._json(
+            "GET", self._path("configmaps"), "list ConfigMaps", params={"labelSelector": selector}
+        )
+        items: list[KubeObject] = data.get("items") or []
+        return items
+
+    def delete_tombstone(self, name: str, *, uid: str | None = None) -> None:
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
+        with suppress(NotFoundError, ConflictError):  # gone, or made anew since it was read
+            self._call(
+                "DELETE", self._path("configmaps", name), f"delete ConfigMap {name}", json=body
+            )
 
     def get_claim(self, name: str) -> KubeObject | None:
         """The PersistentVolumeClaim `name` of the namespace, or None when there is none."""

@@ -7,6 +7,7 @@ one installation when it carries both :data:`MANAGED_BY_LABEL` and :data:`INSTAN
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Final
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
@@ -44,6 +45,11 @@ KUEUE_PRIORITY_LABEL: Final = "kueue.x-k8s.io/priority-class"
 KUEUE_JOB_UID_LABEL: Final = "kueue.x-k8s.io/job-uid"
 """Set by Kueue on the Workload it makes for a Job: the Job's uid."""
 
+TOMBSTONE_LABEL: Final = "job-dispatcher.io/tombstone"
+"""On the ConfigMap that remembers a task cancelled before it reached the cluster."""
+CANCELLED_AT_KEY: Final = "cancelled-at"
+"""Key, in a tombstone's data, of the RFC 3339 time of the cancel."""
+
 CONTAINER_NAME: Final = "task"
 VOLUME_NAME: Final = "work"
 
@@ -78,6 +84,16 @@ def owns(job: dict[str, object], dispatcher_name: str) -> bool:
     return isinstance(labels, dict) and all(labels.get(k) == v for k, v in expected.items())
 
 
+def tombstone_name(dispatcher_name: str, task_id: str) -> str:
+    """The ConfigMap remembering that task ``task_id`` of one installation was cancelled."""
+    return f"cancelled.{dispatcher_name}.{task_id}"
+
+
+def tombstones_of(dispatcher_name: str) -> str:
+    """The selector matching every tombstone of one installation."""
+    return f"{label_selector(dispatcher_name)},{TOMBSTONE_LABEL}=true"
+
+
 def pods_of_job(job_uid: str) -> str:
     """The selector matching every pod the Job controller made for one Job."""
     return f"{CONTROLLER_UID_LABEL}={job_uid}"
@@ -86,3 +102,8 @@ def pods_of_job(job_uid: str) -> str:
 def workloads_of_job(job_uid: str) -> str:
     """The selector matching the Kueue Workload made for one Job."""
     return f"{KUEUE_JOB_UID_LABEL}={job_uid}"
+
+
+def timestamp(when: datetime) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes times (and as our annotations do)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

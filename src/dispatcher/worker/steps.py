@@ -19,10 +19,12 @@ from typing import Any
 from celery import bootsteps
 
 from dispatcher.amqp.topology import FINALIZE_TASK
+from dispatcher.core import tombstones
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import label_selector
 from dispatcher.kube.watcher import Handler, Watcher
 from dispatcher.worker.health import HealthServer
+from dispatcher.worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ SCHEDULE_RETRY_POLICY = {
 
 
 SWEEP_SECONDS = 5.0
+TOMBSTONE_SWEEP_SECONDS = 600.0
 PODS_FIRST_SECONDS = 30.0
 
 
@@ -121,16 +124,21 @@ class JobWatchStep(bootsteps.StartStopStep):
             ).start()
         self._sweeping.clear()
         threading.Thread(
-            target=self._sweep, args=(reactor,), name="queue-sweep", daemon=True
+            target=self._sweep, args=(reactor, runtime), name="queue-sweep", daemon=True
         ).start()
 
-    def _sweep(self, reactor: Reactor) -> None:
-        """Every few seconds: answer the Jobs that waited their queue timeout for room."""
+    def _sweep(self, reactor: Reactor, runtime: Runtime) -> None:
+        """Every few seconds: answer the Jobs that waited their queue timeout for room; every
+        few minutes: delete the tombstones of cancelled tasks that have expired."""
+        next_tombstones = time.monotonic() + TOMBSTONE_SWEEP_SECONDS / 10
         while not self._sweeping.wait(SWEEP_SECONDS):
             try:
                 reactor.sweep(time.time())
+                if time.monotonic() >= next_tombstones:
+                    next_tombstones = time.monotonic() + TOMBSTONE_SWEEP_SECONDS
+                    tombstones.sweep(runtime.kube, runtime.settings)
             except Exception:
-                log.exception("queue timeout sweep failed; will try again")
+                log.exception("sweep failed; will try again")
 
     def stop(self, parent: Any) -> None:
         self._sweeping.set()

@@ -24,7 +24,12 @@ from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError, OperationalError
 
 from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK
-from dispatcher.core.cancel import Cancelled, cancel, not_in_progress_error
+from dispatcher.core.cancel import (
+    Cancelled,
+    cancel,
+    cancelled_before_start,
+    not_in_progress_error,
+)
 from dispatcher.core.finalize import (
     Finalized,
     answer_again,
@@ -39,6 +44,7 @@ from dispatcher.errors import (
     TaskConflictError,
     TransientKubeError,
 )
+from dispatcher.kube.outcome import CANCELLED_ERROR
 from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
@@ -178,6 +184,9 @@ def _submit_or_answer_again(self: SealedTask, task: ParsedTask, reply: ReplyRout
         context = runtime.finalize_context(self.request.id, self.request.retries)
         if not answer_again(task.id, reply, context):  # its window closed meanwhile: run anew
             raise TransientKubeError(f"Job {task.id} went while it was answered again")
+    if result is Submitted.CANCELLED:
+        answer = error_response(CANCELLED_ERROR, task.id)
+        runtime.publisher.publish(answer, reply, message_id(task.id, "cancelled"))
     return result
 
 
@@ -223,11 +232,6 @@ def _finalize(
     return result.state.value
 
 
-CANCEL_LOOKUPS = 3
-"""A cancel that finds no Job looks again this often (1.5 s apart) before it answers that there
-is none: the task it names may have been handed to submit a moment earlier."""
-
-
 def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
     runtime = self.app.dispatcher
     reply = ReplyRoute.from_json(route)
@@ -246,11 +250,12 @@ def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
         error = f"cancel: task '{task_id}' was not stopped: {INTERNAL_ERROR}"
         runtime.metrics.cancel_requests.labels("error").inc()
     else:
-        if result is Cancelled.NO_SUCH_TASK and self.request.retries < CANCEL_LOOKUPS:
-            _retry(self, Exception(result.value), 1.5)
         runtime.metrics.cancel_requests.labels(result.value).inc()
         if result is Cancelled.STOPPING:
             return "stopping"
-        error = not_in_progress_error(task_id, result)
+        if result is Cancelled.BEFORE_START:
+            error = cancelled_before_start(task_id, runtime.settings)
+        else:
+            error = not_in_progress_error(task_id, result)
     runtime.publisher.publish(error_response(error, task_id), reply, f"{task_id}.{self.request.id}")
     return "answered"
