@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -19,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.burst import JobMonitor, run_burst, sleeper, task_queue_depth
-from tests.support.stack import Broker, Instance, Worker, kubectl, running
+from tests.support.burst import JobMonitor, run_burst, sleeper, task_queue_depth, wait_until
+from tests.support.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, run_cli, running
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]
@@ -60,7 +62,9 @@ def test_a_burst_four_times_the_node_is_answered_exactly_once_each(
     assert broker.no_more_responses(2) == []
 
 
-@pytest.mark.settings(MAX_ACTIVE_JOBS="4", IMAGE_PULL_GRACE_SECONDS="5", HEALTH_PORT=str(PORT))
+@pytest.mark.settings(
+    MAX_ACTIVE_JOBS="4", TASK_PREFETCH="4", IMAGE_PULL_GRACE_SECONDS="5", HEALTH_PORT=str(PORT)
+)
 def test_max_active_jobs_keeps_the_rest_waiting_in_the_task_queue(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
     depths: list[int] = []
@@ -76,11 +80,12 @@ def test_max_active_jobs_keeps_the_rest_waiting_in_the_task_queue(dispatcher: Di
     assert (result.answered, result.wrong, result.duplicates) == (24, [], 0), result.summary()
     assert jobs.max_active <= 4  # seen from the cluster, at every moment
     assert len(jobs.created) == 24
-    assert max(depths) >= 10  # the backlog waited in RabbitMQ, not in the worker
+    assert max(depths) >= 10  # the backlog waited in RabbitMQ: the worker held at most 4
     assert depths[-1] == 0
-    # What operators see on /metrics meanwhile: the limit, the pause, the backlog.
+    # What operators see on /metrics meanwhile: the limit, the held tasks, the backlog.
     assert {sample["dispatcher_max_active_jobs"] for sample in scraped} == {4.0}
     assert max(sample["dispatcher_intake_paused"] for sample in scraped) == 1.0
+    assert 1 <= max(sample["dispatcher_tasks_held"] for sample in scraped) <= 4
     assert max(sample["dispatcher_task_queue_messages"] for sample in scraped) >= 10
     assert max(sample["dispatcher_jobs_in_flight"] for sample in scraped) <= 4
 
@@ -201,3 +206,76 @@ def test_a_namespace_whose_quota_is_used_up_queues_the_tasks_instead_of_failing_
         "-n", quota_namespace.name, "get", "events", "--field-selector", "reason=FailedCreate"
     ).stdout
     assert "exceeded quota: tasks" in events  # the quota really turned pods away meanwhile
+
+
+@pytest.mark.settings(MAX_ACTIVE_JOBS="2", TASK_PREFETCH="4", IMAGE_PULL_GRACE_SECONDS="5")
+def test_a_cancel_overtakes_the_backlog_and_its_task_is_answered_cancelled_without_a_job(
+    dispatcher: Dispatcher,
+) -> None:
+    broker, _ = dispatcher
+    run = uuid.uuid4().hex[:6]
+    backlog = [sleeper(f"b-{run}-{n}", 6) for n in range(8)]
+    target = sleeper(f"target-{run}", 1)
+    with JobMonitor(broker.instance.env()) as jobs:
+        for sent in [*backlog, target]:
+            broker.publish(sent)
+        wait_until(lambda: len(jobs.created) >= 2, 60)  # the limit is reached: the rest wait
+
+        started = time.monotonic()
+        cancelled = run_cli(broker, "cancel", target["id"], timeout=60)
+        answered_in = time.monotonic() - started
+
+        assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+        answer = json.loads(cancelled.stdout)
+        assert answer["id"] == target["id"]
+        assert answer["error"].startswith(f"cancelled: task '{target['id']}' had no Job yet")
+        assert answered_in < 5, f"the cancel waited {answered_in:.1f} s behind the backlog"
+        assert task_queue_depth(broker) > 0  # its task still waits in RabbitMQ, not the worker
+
+        answers = {r["id"]: r for r in (json.loads(m.body) for m in broker.responses(9, 240))}
+    assert answers[target["id"]] == {"id": target["id"], "error": "cancelled"}
+    assert target["id"] not in jobs.created  # no Job was ever created for it
+    assert all(answers[t["id"]]["exit"] == 0 for t in backlog)
+    assert broker.no_more_responses(2) == []
+
+
+def test_a_queue_of_another_type_stops_start_up_with_one_line(instance: Instance) -> None:
+    env = instance.env()
+    broker = Broker(Instance(instance.name, {**instance.extra, "QUEUE_TYPE": "classic"}))
+    try:  # the task queue now exists as a classic queue; the worker has QUEUE_TYPE's default
+        result = subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", "worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        broker.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines[-1] == (
+        f"dispatcher: QUEUE_TYPE: queue '{env['TASK_QUEUE_NAME']}' exists with x-queue-type "
+        "'classic', but the dispatcher declares it with 'quorum' (QUEUE_TYPE=quorum): set "
+        "QUEUE_TYPE=classic, or move its messages elsewhere and delete it so it is declared anew"
+    )
+
+
+def test_a_backlog_under_a_low_delivery_limit_is_answered_once_each_none_dropped(
+    instance: Instance, log_dir: Path
+) -> None:
+    """An operator's policy lets the task queue deliver a message 3 times at most (RabbitMQ 4
+    drops it after that). Waiting for room spends no delivery, so none is dropped."""
+    instance.extra.update(MAX_ACTIVE_JOBS="2", IMAGE_PULL_GRACE_SECONDS="5")
+    queue, policy = instance.env()["TASK_QUEUE_NAME"], f"{instance.name}-limit"
+    rabbitmqctl("set_policy", policy, f"^{queue}$", '{"delivery-limit": 3}', "--apply-to", "queues")
+    try:
+        with running(instance, log_dir) as (broker, _):
+            result = run_burst(broker, 30, 1, timeout=300)
+            extra = broker.no_more_responses(2)
+    finally:
+        rabbitmqctl("clear_policy", policy)
+
+    assert (result.answered, result.wrong, result.duplicates) == (30, [], 0), result.summary()
+    assert extra == []
