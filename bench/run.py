@@ -10,7 +10,10 @@
 - e2e:    tasks from publish to response through real Jobs: latency percentiles and throughput.
 - memory: worker resident memory while many Jobs run (no slot or thread is held per Job).
 - burst:  500 x `sleep 5` at once with default settings, 25 times what the node runs at once:
-          answered / wrong / duplicates, makespan against the ideal, submit and create rates.
+          answered / wrong / duplicates, makespan against the ideal, submit and create rates,
+          the worker's CPU per task and the broker's count of deliveries.
+- delivery-limit: 60 x `sleep 2` with MAX_ACTIVE_JOBS=2 and a policy setting the task queue's
+          delivery-limit to 3: every task answered once, deliveries counted by the broker.
 - kueue:  300 x `sleep 5` with and without Kueue deciding (a ClusterQueue whose quota is the
           node; run `make kueue-up` first): what Kueue's admission costs per wave.
 
@@ -23,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import re
 import statistics
 import sys
 import threading
@@ -49,6 +54,7 @@ from tests.support.stack import (
     ResponseCollector,
     Worker,
     kubectl,
+    rabbitmqctl,
     running,
     stack_env,
 )
@@ -232,14 +238,36 @@ def bench_memory() -> None:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_deliveries() -> tuple[int, int]:
+    """RabbitMQ's own counts of messages delivered to consumers and of those delivered again
+    (a requeue, or a consumer gone), over every queue of the broker."""
+    text = rabbitmqctl("eval", "rabbit_global_counters:overview().").stdout
+    delivered = sum(int(n) for n in re.findall(r"messages_delivered_total => (\d+)", text))
+    again = sum(int(n) for n in re.findall(r"messages_redelivered_total => (\d+)", text))
+    return delivered, again
+
+
+def deliveries_since(before: tuple[int, int]) -> tuple[int, int]:
+    now = broker_deliveries()
+    return now[0] - before[0], now[1] - before[1]
+
+
 def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
     """A burst far larger than the node, with default settings (MAX_ACTIVE_JOBS, 100m cpu)."""
     defaults = Settings.from_env({})
     instance = Instance()
     depths: list[int] = []
     with running(instance, LOG_DIR) as (broker, worker):
+        assert worker.proc is not None
         alone = run_burst(broker, 1, seconds, timeout=120)  # one task on an idle node
         overhead = alone.makespan - seconds
+        cpu, counted = cpu_seconds(worker.proc.pid), broker_deliveries()
         with JobMonitor(instance.env()) as jobs:
             result = run_burst(
                 broker,
@@ -248,6 +276,8 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
                 timeout=1800,
                 on_tick=lambda: depths.append(task_queue_depth(broker)),
             )
+        cpu = cpu_seconds(worker.proc.pid) - cpu
+        delivered, again = deliveries_since(counted)
         submits = submit_seconds(worker)[1:]
     slots = min(node_slots(defaults.job_cpu_request), defaults.max_active_jobs)
     ideal = ideal_makespan(count, slots, seconds, overhead)
@@ -287,9 +317,49 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
             f"{jobs.max_active} ({defaults.max_active_jobs})",
         ],
         ["deepest task queue seen", max(depths, default=0)],
+        ["worker CPU per task", f"{cpu / count * 1000:.1f} ms"],
+        ["broker: messages delivered / delivered again (all queues)", f"{delivered} / {again}"],
     ]
     table(
         f"burst: {count} x `sleep {seconds:g}` at once, default settings, single 2-core node",
+        ["measure", "result"],
+        rows,
+    )
+
+
+def bench_delivery_limit(count: int = 60, seconds: float = 2.0, limit: int = 3) -> None:
+    """MAX_ACTIVE_JOBS=2 and an operator's policy setting the task queue's delivery-limit to
+    `limit`: the backlog waits untouched, so every task is delivered once and answered once."""
+    instance = Instance(extra={"MAX_ACTIVE_JOBS": "2"})
+    queue = instance.env()["TASK_QUEUE_NAME"]
+    policy = f"{instance.name}-limit"
+    pattern = "^" + re.escape(queue) + "$"
+    rabbitmqctl(
+        "set_policy", policy, pattern, json.dumps({"delivery-limit": limit}), "--apply-to", "queues"
+    )
+    try:
+        with running(instance, LOG_DIR) as (broker, worker):
+            assert worker.proc is not None
+            cpu, counted = cpu_seconds(worker.proc.pid), broker_deliveries()
+            result = run_burst(broker, count, seconds, timeout=1200)
+            cpu = cpu_seconds(worker.proc.pid) - cpu
+            delivered, again = deliveries_since(counted)
+            extra = broker.no_more_responses(2)
+    finally:
+        rabbitmqctl("clear_policy", policy)
+    rows = [
+        ["tasks sent / answered", f"{result.sent} / {result.answered}"],
+        [
+            "wrong / duplicates / lost",
+            f"{len(result.wrong)} / {result.duplicates + len(extra)} / {len(result.lost)}",
+        ],
+        ["makespan", f"{result.makespan:.1f} s"],
+        ["worker CPU per task", f"{cpu / count * 1000:.1f} ms"],
+        ["broker: messages delivered / delivered again (all queues)", f"{delivered} / {again}"],
+    ]
+    table(
+        f"delivery limit: {count} x `sleep {seconds:g}`, MAX_ACTIVE_JOBS=2, the task queue's "
+        f"delivery-limit {limit} (policy)",
         ["measure", "result"],
         rows,
     )
@@ -463,6 +533,7 @@ BENCHES = {
     "e2e": bench_e2e,
     "memory": bench_memory,
     "burst": bench_burst,
+    "delivery-limit": bench_delivery_limit,
     "kueue": bench_kueue,
 }
 
