@@ -211,9 +211,40 @@ def judge(
 # --- the stack as scenarios drive it -----------------------------------------------------------
 
 
-def rabbitmqctl(*args: str) -> None:
-    script = f'. stack/lib.sh; rabbitmq_env; "$RABBITMQ_LIB/rabbitmqctl" -q {" ".join(args)}'
-    subprocess.run(["bash", "-c", script], cwd=REPO, check=True, timeout=120, capture_output=True)
+def rabbitmqctl(*args: str, node: int = 1) -> str:
+    command = ["bash", "stack/rabbitmqctl.sh", str(node), "-q", *args]
+    done = subprocess.run(command, cwd=REPO, check=True, timeout=120, capture_output=True)
+    return done.stdout.decode()
+
+
+def broker_nodes() -> int:
+    return int(stack_env().get("BROKER_NODES", "1"))
+
+
+def needs_three_nodes(scenario: str) -> None:
+    if broker_nodes() != 3:
+        raise SystemExit(f"{scenario}: needs a three-node broker: BROKER_NODES=3 make up")
+
+
+def leader_of(queue: str) -> int:
+    """Which broker node (1, 2 or 3) leads the quorum queue `queue`."""
+    for line in rabbitmqctl("list_queues", "--no-table-headers", "name", "leader").splitlines():
+        name, _, leader = line.strip().partition("\t")
+        if name == queue:
+            node = leader.strip().split("@")[0]
+            return int(node.rpartition("-")[2]) if "-" in node else 1
+    raise AssertionError(f"queue {queue} has no leader")
+
+
+def node_pid(node: int) -> int:
+    name = "rabbitmq" if node == 1 else f"rabbitmq-{node}"
+    return int(Path(STACK_RUN, "pids", f"{name}.pid").read_text())
+
+
+def broker_node(action: str, node: int) -> None:
+    """stack/broker-node.sh: stop, start or restart one node of the stack's broker."""
+    command = ["bash", "stack/broker-node.sh", action, str(node)]
+    subprocess.run(command, cwd=REPO, check=True, timeout=180, capture_output=True)
 
 
 @contextmanager
@@ -282,19 +313,99 @@ def worker_sigkill() -> Row:
 
 
 def broker_restart() -> Row:
-    """RabbitMQ stops and starts again mid-burst (its queues are durable)."""
+    """RabbitMQ stops and starts again mid-burst (its queues are durable): every node, with
+    BROKER_NODES=3."""
     tasks = burst(COUNT)
     with installation() as (instance, broker, _), Collector(instance) as answers:
         publish_all(broker, tasks)
         answers.wait_for(set(tasks), 120, at_least=30)
-        rabbitmqctl("stop_app")
+        for node in range(broker_nodes(), 0, -1):  # node 1 last: it starts first
+            rabbitmqctl("stop_app", node=node)
         time.sleep(5)
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        for node in range(1, broker_nodes() + 1):
+            rabbitmqctl("start_app", node=node)
+        for node in range(1, broker_nodes() + 1):
+            rabbitmqctl("await_startup", node=node)
         fault_end = time.monotonic()
         answers.wait_for(set(tasks), TIMEOUT)
         time.sleep(3)
     return judge("RabbitMQ restarted mid-burst", expect_own(tasks), answers.answers, fault_end)
+
+
+def leader_fault(name: str, scenario: str, fault: Callable[[int], None]) -> Row:
+    """Three broker nodes: mid-burst, `fault(node)` strikes the node leading the task queue."""
+    needs_three_nodes(name)
+    tasks = burst(COUNT)
+    with installation() as (instance, broker, _), Collector(instance) as answers:
+        publish_all(broker, tasks)
+        answers.wait_for(set(tasks), 120, at_least=30)
+        leader = leader_of(instance.env()["TASK_QUEUE_NAME"])
+        fault(leader)
+        fault_end = time.monotonic()
+        answers.wait_for(set(tasks), TIMEOUT)
+        time.sleep(3)
+    return judge(scenario.format(node=leader), expect_own(tasks), answers.answers, fault_end)
+
+
+def broker_leader_killed() -> Row:
+    """The node leading the task queue is killed (SIGKILL) mid-burst and stays down until every
+    task is answered; then it is started again."""
+    killed: list[int] = []
+
+    def kill(node: int) -> None:
+        os.kill(node_pid(node), signal.SIGKILL)
+        killed.append(node)
+
+    try:
+        return leader_fault(
+            "broker-leader-killed",
+            "broker node leading the task queue (node {node} of 3) killed (SIGKILL) mid-burst",
+            kill,
+        )
+    finally:
+        for node in killed:  # forget the dead process, then bring the node back
+            broker_node("stop", node)
+            broker_node("start", node)
+
+
+def broker_node_frozen() -> Row:
+    """The node leading the task queue is frozen (SIGSTOP) for 30 s mid-burst."""
+
+    def freeze(node: int) -> None:
+        pid = node_pid(node)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    return leader_fault(
+        "broker-node-frozen",
+        "broker node leading the task queue (node {node} of 3) frozen (SIGSTOP) 30 s",
+        freeze,
+    )
+
+
+def broker_rolling_restart() -> Row:
+    """Three broker nodes restarted one after the other mid-burst (each stopped, started, and
+    back in the cluster before the next)."""
+    needs_three_nodes("broker-rolling-restart")
+    tasks = burst(COUNT)
+    with installation() as (instance, broker, _), Collector(instance) as answers:
+        publish_all(broker, tasks)
+        answers.wait_for(set(tasks), 120, at_least=20)
+        for node in (3, 2, 1):
+            broker_node("restart", node)
+            time.sleep(5)
+        fault_end = time.monotonic()
+        answers.wait_for(set(tasks), TIMEOUT)
+        time.sleep(3)
+    return judge(
+        "rolling restart of all three broker nodes mid-burst",
+        expect_own(tasks),
+        answers.answers,
+        fault_end,
+    )
 
 
 def memory_alarm() -> Row:
@@ -539,8 +650,8 @@ def responses_queue_full() -> Row:
     with installation() as (instance, broker, (worker,)), Collector(instance) as answers:
         queue = instance.env()["RESPONSE_QUEUE_NAME"]
         policy = f"{instance.name}-full"
-        limits = """'{"max-length":20,"overflow":"reject-publish"}'"""
-        rabbitmqctl("set_policy", policy, f"'^{queue}$'", limits, "--apply-to", "queues")
+        limits = """{"max-length":20,"overflow":"reject-publish"}"""
+        rabbitmqctl("set_policy", policy, f"^{queue}$", limits, "--apply-to", "queues")
         try:
             answers.pause()
             publish_all(broker, tasks)
@@ -657,6 +768,9 @@ SCENARIOS: dict[str, Callable[[], Row]] = {
     "worker-sigkill": worker_sigkill,
     "broker-restart": broker_restart,
     "memory-alarm": memory_alarm,
+    "broker-leader-killed": broker_leader_killed,
+    "broker-node-frozen": broker_node_frozen,
+    "broker-rolling-restart": broker_rolling_restart,
     "api-unreachable": api_unreachable,
     "api-server-stopped": api_server_stopped,
     "delivered-twice": delivered_twice,
@@ -708,8 +822,9 @@ def document(rows: list[Row]) -> str:
     notes = "\n".join(f"- {r.scenario}: {'; '.join(r.notes)}." for r in rows if r.notes)
     return f"""# Reliability under faults
 
-`make chaos` runs each scenario below on the local stack (real RabbitMQ, real single-node
-Kubernetes, 2 cores) with at least 100 tasks in flight, and writes this page. Last run:
+`make chaos` runs each scenario below on the local stack (a real three-node RabbitMQ 4 cluster,
+quorum queues, real single-node Kubernetes, 2 cores) with at least 100 tasks in flight, and
+writes this page. Last run:
 {date.today():%B %Y}.
 
 - **wrong**: an answer that is not the task's own output and exit code (or the expected error).
@@ -733,6 +848,10 @@ heartbeat declared it dead (recoveries of 13 to 125 s were seen). A repeat is th
 answer published again after a failure between publishing and marking the Job (at-least-once,
 same `message_id`). During a memory alarm RabbitMQ stops reading from every connection that
 publishes: the worker's answers and its internal tasks wait unsent and go out as the alarm lifts.
+The broker runs as three nodes with quorum queues: when the node leading the task queue dies or
+freezes, the other two elect a new leader, and a worker whose connection was on that node
+reconnects to the next node of `AMQP_HOST`; the tasks it held unacknowledged are delivered
+again (one delivery counted each).
 
 How each scenario is staged is in [`bench/chaos.py`](../bench/chaos.py); the guarantees behind
 the figures are in [architecture](architecture.md#why-nothing-is-lost).
