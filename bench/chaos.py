@@ -124,11 +124,14 @@ class Collector:
                     while not self._stop.is_set():
                         if not self._reading.wait(0.2):
                             continue
-                        message = channel.basic_get(queue=self._queue, no_ack=True)
+                        # Acked once recorded: an answer in flight when a broker node goes
+                        # away is delivered again (then counted as a repeat), never dropped.
+                        message = channel.basic_get(queue=self._queue, no_ack=False)
                         if message is None:
                             time.sleep(0.05)
                             continue
                         self._record(message)
+                        channel.basic_ack(message.delivery_tag)
             except Exception:  # the broker restarts in one scenario: connect again
                 self._stop.wait(1.0)
 
