@@ -73,15 +73,6 @@ path-include /usr/share/locale/locale.alias
 EOT
 }
 
-# mounts_under DIR: mount points at or below DIR. unmount_under DIR: unmount them, deepest first;
-# fails if one stays (then nothing below DIR may be deleted: it could be the host's /dev or /proc).
-mounts_under() { awk -v d="$1" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo; }
-unmount_under() {
-  local m
-  for m in $(mounts_under "$1" | sort -r); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  [ -z "$(mounts_under "$1")" ] || { echo "build-base-image: still mounted under $1: $(mounts_under "$1" | xargs)" >&2; return 1; }
-}
-
 # apt-get upgrade inside the new root filesystem: debootstrap installs the point release only.
 upgrade_rootfs() {
   local root=$1 log=$2 rc=0
@@ -115,7 +106,7 @@ if [ ! -f "$ROOTFS_TAR" ]; then
   echo "build-base-image: debootstrap --variant=minbase $SUITE $MIRROR (about 30 s)"
   rm -rf "$OUT"; mkdir -p "$OUT"
   work=$(mktemp -d "$STACK_CACHE/base-image-work.XXXXXX")
-  trap 'unmount_under "$work" && rm -rf --one-file-system "$work"' EXIT
+  trap 'unmount_under build-base-image "$work" && rm -rf --one-file-system "$work"' EXIT
   if ! debootstrap --variant=minbase "$SUITE" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1; then
     echo "build-base-image: debootstrap failed; last lines of its log:" >&2
     tail -n 20 "$work/debootstrap.log" >&2
@@ -124,7 +115,7 @@ if [ ! -f "$ROOTFS_TAR" ]; then
   fi
   configure_rootfs "$work/rootfs"
   upgrade_rootfs "$work/rootfs" "$work/upgrade.log"
-  unmount_under "$work"
+  unmount_under build-base-image "$work"
   trim_rootfs "$work/rootfs"
   tar -C "$work/rootfs" --sort=name --numeric-owner --xattrs --xattrs-include='security.capability' \
     -cf "$work/rootfs.tar" .

@@ -35,27 +35,10 @@ if [ -d "$OUT" ]; then
   exit 1
 fi
 
-# mounts_under DIR: mount points at or below DIR. unmount_under DIR: unmount them, deepest first;
-# fails if one stays (then nothing below DIR may be deleted: it could be the host's /dev or /proc).
-mounts_under() { awk -v d="$1" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo; }
-unmount_under() {
-  local m
-  for m in $(mounts_under "$1" | sort -r); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-  [ -z "$(mounts_under "$1")" ] || { echo "build-rabbitmq: still mounted under $1: $(mounts_under "$1" | xargs)" >&2; return 1; }
-}
-# rooted_in DIR: PIDs of the processes whose root directory is DIR or below it.
-rooted_in() {
-  local p r
-  for p in /proc/[0-9]*; do
-    r=$(readlink "$p/root" 2>/dev/null) || continue
-    case "$r" in "$1" | "$1"/*) echo "${p#/proc/}" ;; esac
-  done
-}
-
 start=$SECONDS
 echo "build-rabbitmq: debootstrap --variant=minbase --include=rabbitmq-server $RABBITMQ_SUITE $MIRROR (a few minutes)"
 work=$(mktemp -d "$STACK_CACHE/rabbitmq-work.XXXXXX")
-trap 'unmount_under "$work" && rm -rf --one-file-system "$work"' EXIT
+trap 'unmount_under build-rabbitmq "$work" && rm -rf --one-file-system "$work"' EXIT
 if ! debootstrap --variant=minbase --include=rabbitmq-server "$RABBITMQ_SUITE" "$work/root" "$MIRROR" \
     >"$work/debootstrap.log" 2>&1; then
   echo "build-rabbitmq: debootstrap failed; last lines of its log:" >&2
@@ -63,7 +46,7 @@ if ! debootstrap --variant=minbase --include=rabbitmq-server "$RABBITMQ_SUITE" "
   tail -n 20 "$work/root/debootstrap/debootstrap.log" 2>/dev/null >&2 || true
   exit 1
 fi
-unmount_under "$work"
+unmount_under build-rabbitmq "$work"
 running=$(rooted_in "$work/root" | xargs)
 if [ -n "$running" ]; then
   # Started by this build's package scripts despite policy-rc.d: stop them (by PID) and fail.

@@ -40,14 +40,8 @@ done
 stop_component epmd
 # The VM's helpers (erl_child_setup, inet_gethost, the disk monitor's shell) run in sessions of
 # their own and exit once their node is gone; any still there after 5 s are killed by PID.
-rooted_in_rabbitmq_root() {
-  local p
-  for p in /proc/[0-9]*; do
-    case "$(readlink "$p/root" 2>/dev/null)" in "$RABBITMQ_ROOT" | "$RABBITMQ_ROOT"/*) echo "${p#/proc/}" ;; esac
-  done
-}
-for _ in $(seq 50); do [ -z "$(rooted_in_rabbitmq_root)" ] && break; sleep 0.1; done
-for pid in $(rooted_in_rabbitmq_root); do kill -KILL "$pid" 2>/dev/null; done
+for _ in $(seq 50); do [ -z "$(rooted_in "$RABBITMQ_ROOT")" ] && break; sleep 0.1; done
+for pid in $(rooted_in "$RABBITMQ_ROOT"); do kill -KILL "$pid" 2>/dev/null; done
 
 # Mounts (pod netns, overlay rootfs, shm, projected volumes), deepest first.
 awk '{print $5}' /proc/self/mountinfo | grep -E "^($STACK_STATE|$STACK_RUN)(/|$)" | sort -r |
@@ -66,6 +60,6 @@ grep -qE " ($STACK_STATE|$STACK_RUN)[/ ]" /proc/self/mountinfo && { echo "down: 
 ls -d /sys/fs/cgroup/*/kubepods >/dev/null 2>&1 && { echo "down: WARNING cgroups left" >&2; left=1; }
 ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "down: WARNING bridge $BRIDGE left" >&2; left=1; }
 sleep 0.2
-for pid in $(rooted_in_rabbitmq_root); do echo "down: WARNING process $pid left in $RABBITMQ_ROOT" >&2; left=1; done
+for pid in $(rooted_in "$RABBITMQ_ROOT"); do echo "down: WARNING process $pid left in $RABBITMQ_ROOT" >&2; left=1; done
 say "down: stack stopped"
 exit $left

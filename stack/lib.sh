@@ -157,3 +157,21 @@ install_packages() {
   ) || { echo "$who: could not install ${missing[*]} with apt-get" >&2; return 1; }
   echo "$who: done"
 }
+
+# mounts_under DIR: mount points at or below DIR. unmount_under WHO DIR: unmount them, deepest
+# first; fails, naming WHO, if one stays (then nothing below DIR may be deleted: it could be the
+# host's /dev or /proc).
+mounts_under() { awk -v d="$1" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo; }
+unmount_under() {
+  local who=$1 dir=$2 m
+  for m in $(mounts_under "$dir" | sort -r); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  [ -z "$(mounts_under "$dir")" ] || { echo "$who: still mounted under $dir: $(mounts_under "$dir" | xargs)" >&2; return 1; }
+}
+
+# rooted_in DIR: PIDs of the processes whose root directory is DIR or below it.
+rooted_in() {
+  local p
+  for p in /proc/[0-9]*; do
+    case "$(readlink "$p/root" 2>/dev/null)" in "$1" | "$1"/*) echo "${p#/proc/}" ;; esac
+  done
+}
