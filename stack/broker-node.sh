@@ -18,8 +18,7 @@ stop_node() {
 
 start_node() {
   component_alive "$RMQ_NAME" && { echo "broker-node: $RMQ_NAME is running" >&2; exit 1; }
-  start_component "$RMQ_NAME" "$STACK_DIR/rabbitmq-chroot.sh" server "$n" /usr/lib/rabbitmq/bin/rabbitmq-server
-  waitfor "$RMQ_NAME" 90 "$STACK_DIR/rabbitmqctl.sh" "$n" -q await_startup --timeout 5
+  start_broker_node "$n"
 }
 
 case "$action" in

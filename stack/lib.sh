@@ -129,6 +129,32 @@ rabbitmq_node() {
   RMQ_LOGS=$LOGS/$RMQ_NAME           # /var/log/rabbitmq
 }
 
+# start_broker_node N: start broker node N from the root and wait until it has booted. RabbitMQ
+# 4.0.5 denying transient non-exclusive queues (as 4.3 does) sometimes refuses to boot a node that
+# rejoins running ones: it checks that no such queue exists before it has copied their queue table
+# and fails (`failed_to_deny_deprecated_features`). Its data is intact; a later boot succeeds.
+start_broker_node() {
+  local n=$1 attempt end
+  rabbitmq_node "$n"
+  for attempt in 1 2 3 4 5 6; do
+    start_component "$RMQ_NAME" "$STACK_DIR/rabbitmq-chroot.sh" server "$n" /usr/lib/rabbitmq/bin/rabbitmq-server
+    end=$((SECONDS + 90))
+    until "$STACK_DIR/rabbitmqctl.sh" "$n" -q await_startup --timeout 5 >/dev/null 2>&1; do
+      if ! component_alive "$RMQ_NAME"; then
+        if [ "$attempt" -lt 6 ] && grep -q failed_to_deny_deprecated_features "$LOGS/$RMQ_NAME.log"; then
+          echo "broker: $RMQ_NAME refused to boot (failed_to_deny_deprecated_features); starting it again" >&2
+          rm -f "$STACK_RUN/pids/$RMQ_NAME.pid"; sleep 2
+          continue 2
+        fi
+        fail_component "$RMQ_NAME" "the process exited"
+      fi
+      [ $SECONDS -lt $end ] || fail_component "$RMQ_NAME" "not ready after 90 s"
+      sleep 0.5
+    done
+    return 0
+  done
+}
+
 # Kept for scripts written for the Debian 12 broker on the host (`rabbitmq_env;
 # "$RABBITMQ_LIB/rabbitmqctl" ARGS`): that rabbitmqctl is stack/rabbitmqctl.sh against node 1.
 RABBITMQ_LIB=$STACK_DIR/bin
