@@ -3,7 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
-UV := python3 -m uv
+# uv, pinned, in a bootstrap venv of its own (Debian's python3 refuses `pip install`): scripts/uv.sh
+UV := bash scripts/uv.sh
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
@@ -11,9 +12,8 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.synced  ## create .venv from uv.lock
-$(VENV)/.synced: pyproject.toml uv.lock
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
+venv: $(VENV)/.synced  ## create .venv from uv.lock (uv itself in a bootstrap venv: scripts/uv.sh)
+$(VENV)/.synced: pyproject.toml uv.lock scripts/uv.sh
 	$(UV) sync --frozen -q
 	@touch $@
 
@@ -30,7 +30,7 @@ scale-down:  ## leave scale mode: remove the simulated node, stop kwok, default 
 	bash stack/scale.sh down
 
 kueue-build:  ## build Kueue's manager from the Go module proxy (cached by version; the Kueue tests need it)
-	bash stack/build-kueue.sh
+	bash stack/kueue.sh build
 
 kueue-up: venv up  ## opt-in: build Kueue's manager (cached), install its CRDs, run it as a process of the stack
 	bash stack/kueue.sh up
