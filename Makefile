@@ -12,9 +12,9 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.synced  ## create .venv from uv.lock (uv itself in a bootstrap venv: scripts/uv.sh)
+venv: $(VENV)/.synced  ## create .venv from uv.lock: the package with its worker extra, and the dev tools (uv: scripts/uv.sh)
 $(VENV)/.synced: pyproject.toml uv.lock scripts/uv.sh
-	$(UV) sync --frozen -q
+	$(UV) sync --frozen --extra worker -q
 	@touch $@
 
 up:  ## start RabbitMQ 4 (BROKER_NODES=3: a three-node cluster) and the single-node Kubernetes (idempotent)

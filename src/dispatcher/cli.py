@@ -21,6 +21,7 @@ on); on a terminal it shows the task's progress on one line of standard error me
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -53,6 +54,9 @@ EXIT_ERROR_RESPONSE = 1
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 DEFAULT_MOUNT = "/work"
+WORKER_EXTRA = "k8s-job-dispatcher[worker]"
+WORKER_LIBRARIES = ("celery", "lightkube", "prometheus_client")
+"""What `dispatcher worker` needs beyond the base install (the client and this command)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +166,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    missing = missing_worker_libraries()
+    if missing:
+        print(
+            f"dispatcher: the worker needs {', '.join(missing)}, which the base install leaves "
+            f"out: pip install '{WORKER_EXTRA}'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from dispatcher.core.preflight import check_kueue, check_tombstones, preflight
     from dispatcher.worker.app import create_app
 
@@ -192,6 +204,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         ]
     )
     return 0
+
+
+def missing_worker_libraries() -> list[str]:
+    """The worker's own libraries (the extra `worker`) that cannot be imported here."""
+    missing = []
+    for name in WORKER_LIBRARIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def declare_topology(app: Any, settings: Settings) -> None:

@@ -219,3 +219,24 @@ def test_the_progress_line_is_rewritten_in_place_and_erased(
         "\r\x1b[Kt-1: running on node-1 (0 s)"
         "\r\x1b[K"
     )
+
+
+def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> None:
+    blocked = "import sys; sys.modules.update(celery=None, lightkube=None); "
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked + "from dispatcher.cli import main; sys.exit(main(['worker']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dispatcher: the worker needs celery, lightkube, which the base install leaves out: "
+        "pip install 'k8s-job-dispatcher[worker]'\n"
+    )
