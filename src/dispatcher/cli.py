@@ -153,14 +153,21 @@ def _parser() -> argparse.ArgumentParser:
         help="print the rabbitmqctl commands giving the dispatcher's and the producers' broker "
         "users what they need and no more",
     )
-    permissions.add_argument("--dispatcher-user", default="dispatcher", metavar="USER")
-    permissions.add_argument("--producer-user", default="producer", metavar="USER")
+    permissions.add_argument(
+        "--dispatcher-user",
+        default=None,
+        metavar="USER",
+        help="the dispatcher's broker user (default: AMQP_USER when set, else dispatcher)",
+    )
+    permissions.add_argument(
+        "--producer-user", default="producer", metavar="USER", help="a producer's (producer)"
+    )
     permissions.add_argument(
         "--definitions",
         action="store_true",
-        help="print a RabbitMQ definitions document instead: the users AMQP_USER (with "
-        "AMQP_PASSWORD) and --producer-user (with PRODUCER_AMQP_PASSWORD), hashed, and their "
-        "permissions",
+        help="print a RabbitMQ definitions document instead: both users with their passwords "
+        "(AMQP_PASSWORD, PRODUCER_AMQP_PASSWORD; both required, hashed) and their permissions; "
+        "never the default user guest",
     )
     return parser
 
@@ -409,25 +416,46 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _permissions(args: argparse.Namespace, settings: Settings) -> int:
     """One line per user, ready for a shell (the regexes single-quoted); or the definitions."""
-    if args.definitions:
-        password = os.environ.get("PRODUCER_AMQP_PASSWORD", "")
-        if not password:
-            print(
-                "dispatcher: PRODUCER_AMQP_PASSWORD: the producer's password is needed for "
-                "--definitions",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        document = amqp_permissions.definitions(settings, args.producer_user, password)
-        print(json.dumps(document, indent=2))
-        return 0
-    users = (
-        (args.dispatcher_user, amqp_permissions.dispatcher(settings)),
-        (args.producer_user, amqp_permissions.producer(settings)),
+    try:
+        users = _broker_users(args)
+        if args.definitions:
+            document = amqp_permissions.definitions(settings, **users)
+            print(json.dumps(document, indent=2))
+            return 0
+    except ConfigError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    grants = (
+        (users["dispatcher_user"], amqp_permissions.dispatcher(settings)),
+        (users["producer_user"], amqp_permissions.producer(settings)),
     )
-    for user, granted in users:
+    for user, granted in grants:
         print(shlex.join(["rabbitmqctl", *granted.rabbitmqctl(user, settings.amqp_vhost)]))
     return 0
+
+
+def _broker_users(args: argparse.Namespace) -> dict[str, str]:
+    """The two users (and, for --definitions, their passwords from the environment): the
+    dispatcher's is --dispatcher-user, else AMQP_USER when set, else `dispatcher`."""
+    own = amqp_permissions.own_user
+    if args.dispatcher_user is not None:
+        dispatcher_user = own("--dispatcher-user", args.dispatcher_user)
+    else:
+        dispatcher_user = own("AMQP_USER", os.environ.get("AMQP_USER") or "dispatcher")
+    users = {
+        "dispatcher_user": dispatcher_user,
+        "producer_user": own("--producer-user", args.producer_user),
+    }
+    if args.definitions:
+        password = amqp_permissions.own_password
+        env = os.environ.get
+        users["dispatcher_password"] = password(
+            "AMQP_PASSWORD", env("AMQP_PASSWORD"), "the dispatcher's"
+        )
+        users["producer_password"] = password(
+            "PRODUCER_AMQP_PASSWORD", env("PRODUCER_AMQP_PASSWORD"), "the producer's"
+        )
+    return users
 
 
 if __name__ == "__main__":

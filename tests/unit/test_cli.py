@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -15,7 +16,11 @@ from dispatcher.messages.progress import ProgressEvent
 
 
 def dispatcher(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "K8S_", "KUBE"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AMQP_", "PRODUCER_", "K8S_", "KUBE"))
+    }
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", *args],
         env={**clean, **env},
@@ -159,11 +164,85 @@ def test_the_permissions_printed_are_those_docs_security_shows() -> None:
     assert result.stdout.splitlines() == expected
 
 
-def test_definitions_need_the_producers_password() -> None:
-    result = dispatcher("permissions", "--definitions", PRODUCER_AMQP_PASSWORD="")
+PASSWORDS = {"AMQP_PASSWORD": "d-secret", "PRODUCER_AMQP_PASSWORD": "p-secret"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "line"),
+    [
+        pytest.param(
+            [],
+            {},
+            "AMQP_PASSWORD: the dispatcher's password is needed for --definitions (set it; the "
+            "default 'guest' is never written)",
+            id="no-passwords",
+        ),
+        pytest.param(
+            [],
+            {"AMQP_PASSWORD": "d-secret"},
+            "PRODUCER_AMQP_PASSWORD: the producer's password is needed for --definitions (set "
+            "it; the default 'guest' is never written)",
+            id="no-producer-password",
+        ),
+        pytest.param(
+            [],
+            {**PASSWORDS, "AMQP_PASSWORD": "guest"},
+            "AMQP_PASSWORD: the dispatcher's password is needed for --definitions (set it; the "
+            "default 'guest' is never written)",
+            id="default-password",
+        ),
+        pytest.param(
+            [],
+            {**PASSWORDS, "AMQP_USER": "guest"},
+            "AMQP_USER: 'guest' is RabbitMQ's default user; name a user of its own",
+            id="guest-from-the-environment",
+        ),
+        pytest.param(
+            ["--dispatcher-user", "guest"],
+            PASSWORDS,
+            "--dispatcher-user: 'guest' is RabbitMQ's default user; name a user of its own",
+            id="guest-by-flag",
+        ),
+    ],
+)
+def test_definitions_never_hold_the_default_user_or_password(
+    argv: list[str], env: dict[str, str], line: str
+) -> None:
+    result = dispatcher("permissions", "--definitions", *argv, **env)
 
     assert result.returncode == 2
-    assert result.stderr.startswith("dispatcher: PRODUCER_AMQP_PASSWORD: ")
+    assert result.stderr == f"dispatcher: {line}\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "user"),
+    [
+        pytest.param(["--dispatcher-user", "ops"], {"AMQP_USER": "other"}, "ops", id="flag"),
+        pytest.param([], {"AMQP_USER": "other"}, "other", id="amqp-user"),
+        pytest.param([], {}, "dispatcher", id="default"),
+    ],
+)
+def test_definitions_create_the_dispatcher_user_named_by_the_flag_else_amqp_user(
+    argv: list[str], env: dict[str, str], user: str
+) -> None:
+    result = dispatcher(
+        "permissions", "--definitions", "--producer-user", "billing", *argv, **PASSWORDS, **env
+    )
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert [u["name"] for u in document["users"]] == [user, "billing"]
+    assert [p["user"] for p in document["permissions"]] == [user, "billing"]
+    assert "guest" not in result.stdout
+    assert "secret" not in result.stdout
+
+
+def test_the_rabbitmqctl_commands_name_the_dispatcher_user_given() -> None:
+    result = dispatcher("permissions", "--dispatcher-user", "ops", AMQP_USER="other")
+
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[4] for line in result.stdout.splitlines()] == ["ops", "producer"]
 
 
 def test_flags_extend_the_files_env_and_resources_and_override_its_fields(
