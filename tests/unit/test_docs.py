@@ -11,6 +11,7 @@ import pytest
 from dispatcher.config import SETTINGS_TABLE, Settings
 from dispatcher.errors import InvalidTaskError
 from dispatcher.messages.task import parse_task
+from dispatcher.worker.retry import MAX_ATTEMPTS, backoff, retry_window, waited
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -75,3 +76,12 @@ def test_readme_validation_errors_are_the_real_texts(
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.json")), ids=lambda p: p.name)
 def test_examples_are_valid_tasks(path: Path) -> None:
     parse_task(path.read_bytes())
+
+
+def test_the_retry_window_the_guarantees_state_is_the_codes() -> None:
+    attempts = ", ".join(f"{backoff(n):g}" for n in range(3))
+    stated = (
+        f"backoff ({attempts} … {backoff(MAX_ATTEMPTS):g} s: {MAX_ATTEMPTS} retries, "
+        f"{waited(MAX_ATTEMPTS):g} s) for {retry_window()}"
+    )
+    assert stated in " ".join(README.split())

@@ -49,7 +49,7 @@ from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
 from dispatcher.messages.task import TaskPolicy, parse_task, peek_task_id
-from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
+from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff, retry_window
 from dispatcher.worker.seal import SealedTask
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 BROKER_ERRORS = (KombuError, OperationalError, MessageNacked, ConnectionError, OSError)
 INTERNAL_ERROR = "internal error of the dispatcher; its log has the details"
 API_UNAVAILABLE = (
-    "the Kubernetes API stayed unavailable for about seven minutes of retries; the task did not run"
+    f"the Kubernetes API stayed unavailable for {retry_window()} of retries; the task did not run"
 )
 
 
