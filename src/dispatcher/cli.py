@@ -296,21 +296,22 @@ def _pair(item: str) -> tuple[str, str]:
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.client import Client
+    from dispatcher.client.inbox import checked_task
+    from dispatcher.messages.task import TaskPolicy
 
-    try:
-        document = _task_document(args)
-        with Client(settings) as client:
-            task = client.task(document)
-            correlation_id = args.correlation_id or str(uuid.uuid4())
-            if not args.wait:
-                client.publish(task.to_json(), correlation_id=correlation_id, reply_to=None)
-                print(f"published task {task.id} (correlation_id {correlation_id})")
-                return 0
-            with client.submit(task, correlation_id=correlation_id) as handle:
-                response = _wait(handle, args.wait_timeout)
+    try:  # the worker's rules and this environment's limits, before any connection is made
+        task = checked_task(_task_document(args), TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
         print(f"dispatcher: invalid task: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    correlation_id = args.correlation_id or str(uuid.uuid4())
+    with Client(settings) as client:
+        if not args.wait:
+            client.publish(task.to_json(), correlation_id=correlation_id, reply_to=None)
+            print(f"published task {task.id} (correlation_id {correlation_id})")
+            return 0
+        with client.submit(task, correlation_id=correlation_id) as handle:
+            response = _wait(handle, args.wait_timeout)
     if response is None:
         print(f"dispatcher: no response within {args.wait_timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT

@@ -153,6 +153,40 @@ def test_bad_flags_are_refused_with_one_line_and_exit_status_2(argv: list[str], 
     assert result.stdout == ""
 
 
+NO_BROKER = {"AMQP_HOST": "127.0.0.1", "AMQP_PORT": "1"}  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        pytest.param(
+            ["--image", "busybox:1.36", "--memory", "64Gi", "--wait"],
+            "resources.memory: must be at most 4Gi (TASK_MAX_MEMORY), got '64Gi'",
+            id="memory",
+        ),
+        pytest.param(
+            ["--id", "Not An Id", "--image", "busybox:1.36"],
+            "id: must be an RFC 1035 label: 1 to 63 lower-case letters, digits or '-', "
+            "starting with a letter and ending with a letter or digit",
+            id="id",
+        ),
+        pytest.param(
+            ["--image", "busybox:1.36", "--env", "TASK_ID=x"],
+            "env.TASK_ID: is set by the dispatcher and cannot be overridden",
+            id="env",
+        ),
+    ],
+)
+def test_a_bad_task_is_refused_before_connecting_with_exit_status_2(
+    argv: list[str], line: str
+) -> None:
+    result = dispatcher("submit", *argv, **NO_BROKER)
+
+    assert result.returncode == 2
+    assert result.stderr == f"dispatcher: invalid task: {line}\n"
+    assert result.stdout == ""
+
+
 def test_the_permissions_printed_are_those_docs_security_shows() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
     block = doc.split("```console\n", 1)[1].split("```", 1)[0]
