@@ -30,7 +30,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dispatcher.amqp import permissions as amqp_permissions
@@ -70,20 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("only submit takes a command after --")
     args.container_command = command
     try:
-        settings = Settings.from_env(os.environ)
+        settings = checked_settings(os.environ, files=args.command in CHECKS_FILES)
     except ConfigError as exc:
         print(f"dispatcher: invalid setting {exc}", file=sys.stderr)
         return EXIT_USAGE
     from dispatcher import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    if args.command in ("worker", "submit", "cancel"):  # they talk to the broker
-        from dispatcher.amqp.tls import tls_problem
-
-        problem = tls_problem(settings)
-        if problem is not None:
-            print(f"dispatcher: invalid setting {problem}", file=sys.stderr)
-            return EXIT_USAGE
     handler = {
         "worker": _worker,
         "submit": _submit,
@@ -102,6 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dispatcher: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+CHECKS_FILES = frozenset({"worker", "submit", "cancel", "config"})
+"""The commands that connect to the broker, and `config`, which checks what they check."""
+
+
+def checked_settings(env: Mapping[str, str], *, files: bool) -> Settings:
+    """The settings, checked as a start-up checks them: every value and, with `files`, the TLS
+    files a broker connection reads (AMQP_CA_FILE, AMQP_CERT_FILE, AMQP_KEY_FILE), before any
+    connection is tried. ConfigError names the variable."""
+    settings = Settings.from_env(env)
+    if files:
+        from dispatcher.amqp.tls import tls_context
+
+        tls_context(settings)
+    return settings
 
 
 class _Parser(argparse.ArgumentParser):

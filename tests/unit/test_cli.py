@@ -353,3 +353,23 @@ def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> Non
         "dispatcher: the worker needs celery, lightkube, which the base install leaves out: "
         "pip install 'k8s-job-dispatcher[worker]'\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["config"], id="config"),
+        pytest.param(["submit", "--image", "busybox:1.36"], id="submit"),
+        pytest.param(["cancel", "some-task"], id="cancel"),
+        pytest.param(["worker"], id="worker"),
+    ],
+)
+def test_config_checks_the_tls_files_as_every_broker_command_does(argv: list[str]) -> None:
+    result = dispatcher(*argv, AMQP_TLS="true", AMQP_CA_FILE="/nonexistent/ca.pem", **NO_BROKER)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dispatcher: invalid setting AMQP_CA_FILE: cannot be read as PEM CA certificates: "
+        "No such file or directory\n"
+    )
+    assert result.stdout == ""
