@@ -29,6 +29,7 @@ from dispatcher.core.cancel import (
     cancel,
     cancelled_before_start,
     not_in_progress_error,
+    not_stopped_error,
 )
 from dispatcher.core.finalize import (
     Finalized,
@@ -242,12 +243,12 @@ def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
         if self.request.retries < MAX_ATTEMPTS:
             log.warning("cancelling task %s failed: %s; will retry", task_id, exc)
             _retry(self, exc, backoff(self.request.retries))
-        error = f"cancel: task '{task_id}' was not stopped: {API_UNAVAILABLE}"
+        error = not_stopped_error(task_id, API_UNAVAILABLE)
         runtime.metrics.cancel_requests.labels("error").inc()
     except KubeError as exc:  # e.g. forbidden: the operator must fix the RBAC
         runtime.metrics.kube_errors.labels("permanent").inc()
         log.error("cancelling task %s failed: %s", task_id, exc)
-        error = f"cancel: task '{task_id}' was not stopped: {INTERNAL_ERROR}"
+        error = not_stopped_error(task_id, INTERNAL_ERROR)
         runtime.metrics.cancel_requests.labels("error").inc()
     else:
         runtime.metrics.cancel_requests.labels(result.value).inc()
