@@ -1,5 +1,5 @@
 # Container image of the dispatcher: runs `dispatcher worker` as uid 10001, health and metrics on
-# port 8000. All settings come from the environment (see the README).
+# port 8000. All settings come from the environment (docs/settings.md).
 #
 #   docker build -t k8s-job-dispatcher:0.1.0 .      # any machine with Docker (or podman build)
 #   make image                                      # here: podman, local base image, no registry

@@ -68,8 +68,8 @@ chaos: venv  ## fault scenarios with 100+ tasks each on a three-node broker (abo
 	bash stack/build-image.sh
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write
 
-docs: venv  ## regenerate the README's settings table from the code
-	$(PY) scripts/settings_table.py
+docs: venv  ## regenerate the tables made from the code: docs/settings.md, the metrics in docs/operations.md
+	$(PY) scripts/docs_tables.py
 
 image:  ## build the container image with podman (no Docker), import it into the local stack
 	bash stack/build-image.sh

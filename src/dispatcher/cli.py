@@ -10,7 +10,7 @@ the broker permissions.
     dispatcher config
     dispatcher permissions [--dispatcher-user USER] [--producer-user USER] [--definitions]
 
-Settings come from the environment (see the README). A bad setting, flag or task stops the
+Settings come from the environment (docs/settings.md). A bad setting, flag or task stops the
 command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
 code (1 for an error answer, 124 when the wait times out, 130 when interrupted: the task goes
 on); on a terminal it shows the task's progress on one line of standard error meanwhile.
