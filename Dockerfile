@@ -1,5 +1,5 @@
 # Container image of the dispatcher: runs `dispatcher worker` as uid 10001, health and metrics on
-# port 8000. All settings come from the environment (see the README).
+# port 8000. All settings come from the environment (docs/settings.md).
 #
 #   docker build -t k8s-job-dispatcher:0.1.0 .      # any machine with Docker (or podman build)
 #   make image                                      # here: podman, local base image, no registry
@@ -9,7 +9,7 @@
 # Both stages must use the same base: the venv's python is a link to the base's /usr/bin/python3.
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 
-# ---- builder: a venv at /opt/venv with exactly the locked dependencies and the package -------
+# ---- builder: a venv at /opt/venv with the package, its worker extra, exactly as locked -----
 FROM ${BASE_IMAGE} AS builder
 ARG UV_VERSION=0.13.9
 RUN apt-get update \
@@ -33,11 +33,11 @@ RUN python3 -m venv --without-pip /opt/venv
 WORKDIR /src
 # Dependencies first, exactly as uv.lock pins them: this layer is reused until the lock changes.
 COPY pyproject.toml uv.lock ./
-RUN /opt/uv/bin/uv sync --frozen --no-dev --no-install-project --no-editable
+RUN /opt/uv/bin/uv sync --frozen --no-dev --extra worker --no-install-project --no-editable
 # Then the package itself, built as a wheel and installed (not editable: /src is not shipped).
 COPY README.md ./
 COPY src ./src
-RUN /opt/uv/bin/uv sync --frozen --no-dev --no-editable \
+RUN /opt/uv/bin/uv sync --frozen --no-dev --extra worker --no-editable \
  && /opt/venv/bin/dispatcher --help >/dev/null
 
 # ---- runtime: the base, Debian's python3 and the venv; no pip, compilers or apt lists --------

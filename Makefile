@@ -3,7 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
-UV := python3 -m uv
+# uv, pinned, in a bootstrap venv of its own (Debian's python3 refuses `pip install`): scripts/uv.sh
+UV := bash scripts/uv.sh
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
@@ -11,10 +12,9 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.synced  ## create .venv from uv.lock
-$(VENV)/.synced: pyproject.toml uv.lock
-	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install -q uv
-	$(UV) sync --frozen -q
+venv: $(VENV)/.synced  ## create .venv from uv.lock: the package with its worker extra, and the dev tools (uv: scripts/uv.sh)
+$(VENV)/.synced: pyproject.toml uv.lock scripts/uv.sh
+	$(UV) sync --frozen --extra worker -q
 	@touch $@
 
 up:  ## start RabbitMQ 4 (BROKER_NODES=3: a three-node cluster) and the single-node Kubernetes (idempotent)
@@ -30,7 +30,7 @@ scale-down:  ## leave scale mode: remove the simulated node, stop kwok, default 
 	bash stack/scale.sh down
 
 kueue-build:  ## build Kueue's manager from the Go module proxy (cached by version; the Kueue tests need it)
-	bash stack/build-kueue.sh
+	bash stack/kueue.sh build
 
 kueue-up: venv up  ## opt-in: build Kueue's manager (cached), install its CRDs, run it as a process of the stack
 	bash stack/kueue.sh up
@@ -68,8 +68,8 @@ chaos: venv  ## fault scenarios with 100+ tasks each on a three-node broker (abo
 	bash stack/build-image.sh
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write
 
-docs: venv  ## regenerate the README's settings table from the code
-	$(PY) scripts/settings_table.py
+docs: venv  ## regenerate the tables made from the code: docs/settings.md, the metrics in docs/operations.md
+	$(PY) scripts/docs_tables.py
 
 image:  ## build the container image with podman (no Docker), import it into the local stack
 	bash stack/build-image.sh

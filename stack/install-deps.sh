@@ -6,4 +6,4 @@
 set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 install_packages install-deps containerd runc containernetworking-plugins debootstrap \
-  busybox-static gcc libc6-dev openssl curl iproute2 procps ca-certificates
+  busybox-static gcc libc6-dev openssl curl iproute2 procps ca-certificates python3-venv

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Kueue mode (opt-in): Kueue's manager as a process of the local stack, like its other controllers.
+#   stack/kueue.sh build  build Kueue's manager (cached)
 #   stack/kueue.sh up     build Kueue (cached), install its CRDs, start its manager by recorded
 #                         PID, register its webhooks
 #   stack/kueue.sh down   remove its webhooks, stop the manager (the CRDs stay until `make down`)
@@ -99,9 +100,14 @@ print(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
 PY
 }
 
+build() {
+  [ -x "$KUEUE_DIR/bin/kueue" ] || require_go kueue
+  bash "$STACK_DIR/build-kueue.sh"
+}
+
 up() {
   [ -f "$LOCAL/kubeconfig" ] || { echo "kueue: the stack is not up (make up)" >&2; exit 1; }
-  bash "$STACK_DIR/build-kueue.sh"
+  build
   $KUBECTL apply --server-side --force-conflicts -f "$KUEUE_DIR/crd" >/dev/null
   $KUBECTL wait --for=condition=Established --timeout=60s -f "$KUEUE_DIR/crd" >/dev/null
   $KUBECTL create namespace kueue-system --dry-run=client -o yaml | $KUBECTL apply -f - >/dev/null
@@ -129,7 +135,8 @@ down() {
 }
 
 case "${1:-}" in
+  build) build ;;
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down" >&2; exit 2 ;;
 esac

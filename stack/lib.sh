@@ -184,6 +184,32 @@ install_packages() {
   echo "$who: done"
 }
 
+# require_go WHO: a Go of at least GO_MINIMUM before anything is built from the Go module proxy
+# (etcd, Kubernetes, Kueue, kwok): the one on PATH, else /usr/local/go's (added to PATH), else, as
+# root where Debian's golang-go is new enough (Debian 13), installed with apt-get. Otherwise one
+# line names what is missing and nothing is built (Debian 12's golang-go is 1.19).
+GO_MINIMUM=1.24
+go_new_enough() {
+  local v
+  v=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null) || return 1
+  v=${v#go}
+  [ "$(printf '%s\n%s\n' "$GO_MINIMUM" "$v" | sort -V | head -1)" = "$GO_MINIMUM" ]
+}
+require_go() {
+  local who=$1 found debian
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then export PATH=$PATH:/usr/local/go/bin; fi
+  go_new_enough && return 0
+  debian=$(apt-cache show --no-all-versions golang-go 2>/dev/null | awk '/^Version:/ {print $2; exit}')
+  debian=${debian#*:}; debian=${debian%%[~+-]*}
+  if [ "$(id -u)" = 0 ] && [ -n "$debian" ] &&
+     [ "$(printf '%s\n%s\n' "$GO_MINIMUM" "$debian" | sort -V | head -1)" = "$GO_MINIMUM" ]; then
+    install_packages "$who" golang-go && go_new_enough && return 0
+  fi
+  found=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null || echo "no go on PATH")
+  echo "$who: Go $GO_MINIMUM or newer is needed to build the stack's binaries (found: $found); install it from https://go.dev/dl/ into /usr/local/go and run again" >&2
+  return 1
+}
+
 # mounts_under DIR: mount points at or below DIR. unmount_under WHO DIR: unmount them, deepest
 # first; fails, naming WHO, if one stays (then nothing below DIR may be deleted: it could be the
 # host's /dev or /proc).

@@ -30,6 +30,7 @@ YAML
 
 up() {
   [ -f "$LOCAL/kubeconfig" ] || { echo "scale: the stack is not up (make up)" >&2; exit 1; }
+  [ -x "$KWOK_DIR/bin/kwok" ] || require_go scale
   bash "$STACK_DIR/build-kwok.sh"
   if component_alive kwok; then echo "scale: kwok already runs"; else
     printf '%s stdout F done\n' "2026-01-01T00:00:00.000000000Z" >"$CONF/kwok-task.log"

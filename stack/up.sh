@@ -76,6 +76,7 @@ if [ -d "$STACK_RUN/pids" ] && all_running; then
 fi
 
 "$STACK_DIR/install-deps.sh"
+if [ ! -x "$ETCD" ] || [ ! -f "$STACK_CACHE/k8s-$K8S_VERSION/.complete" ]; then require_go up; fi
 "$STACK_DIR/build-etcd.sh"
 "$STACK_DIR/build-k8s.sh"
 "$STACK_DIR/build-images.sh"

@@ -10,7 +10,7 @@ the broker permissions.
     dispatcher config
     dispatcher permissions [--dispatcher-user USER] [--producer-user USER] [--definitions]
 
-Settings come from the environment (see the README). A bad setting, flag or task stops the
+Settings come from the environment (docs/settings.md). A bad setting, flag or task stops the
 command with one line naming it and exit status 2. `submit --wait` exits with the task's exit
 code (1 for an error answer, 124 when the wait times out, 130 when interrupted: the task goes
 on); on a terminal it shows the task's progress on one line of standard error meanwhile.
@@ -21,6 +21,7 @@ on); on a terminal it shows the task's progress on one line of standard error me
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dispatcher.amqp import permissions as amqp_permissions
@@ -53,6 +54,9 @@ EXIT_ERROR_RESPONSE = 1
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
 DEFAULT_MOUNT = "/work"
+WORKER_EXTRA = "k8s-job-dispatcher[worker]"
+WORKER_LIBRARIES = ("celery", "lightkube", "prometheus_client")
+"""What `dispatcher worker` needs beyond the base install (the client and this command)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,20 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("only submit takes a command after --")
     args.container_command = command
     try:
-        settings = Settings.from_env(os.environ)
+        settings = checked_settings(os.environ, files=args.command in CHECKS_FILES)
     except ConfigError as exc:
         print(f"dispatcher: invalid setting {exc}", file=sys.stderr)
         return EXIT_USAGE
     from dispatcher import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    if args.command in ("worker", "submit", "cancel"):  # they talk to the broker
-        from dispatcher.amqp.tls import tls_problem
-
-        problem = tls_problem(settings)
-        if problem is not None:
-            print(f"dispatcher: invalid setting {problem}", file=sys.stderr)
-            return EXIT_USAGE
     handler = {
         "worker": _worker,
         "submit": _submit,
@@ -98,6 +95,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dispatcher: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+CHECKS_FILES = frozenset({"worker", "submit", "cancel", "config"})
+"""The commands that connect to the broker, and `config`, which checks what they check."""
+
+
+def checked_settings(env: Mapping[str, str], *, files: bool) -> Settings:
+    """The settings, checked as a start-up checks them: every value and, with `files`, the TLS
+    files a broker connection reads (AMQP_CA_FILE, AMQP_CERT_FILE, AMQP_KEY_FILE), before any
+    connection is tried. ConfigError names the variable."""
+    settings = Settings.from_env(env)
+    if files:
+        from dispatcher.amqp.tls import tls_context
+
+        tls_context(settings)
+    return settings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,19 +162,34 @@ def _parser() -> argparse.ArgumentParser:
         help="print the rabbitmqctl commands giving the dispatcher's and the producers' broker "
         "users what they need and no more",
     )
-    permissions.add_argument("--dispatcher-user", default="dispatcher", metavar="USER")
-    permissions.add_argument("--producer-user", default="producer", metavar="USER")
+    permissions.add_argument(
+        "--dispatcher-user",
+        default=None,
+        metavar="USER",
+        help="the dispatcher's broker user (default: AMQP_USER when set, else dispatcher)",
+    )
+    permissions.add_argument(
+        "--producer-user", default="producer", metavar="USER", help="a producer's (producer)"
+    )
     permissions.add_argument(
         "--definitions",
         action="store_true",
-        help="print a RabbitMQ definitions document instead: the users AMQP_USER (with "
-        "AMQP_PASSWORD) and --producer-user (with PRODUCER_AMQP_PASSWORD), hashed, and their "
-        "permissions",
+        help="print a RabbitMQ definitions document instead: both users with their passwords "
+        "(AMQP_PASSWORD, PRODUCER_AMQP_PASSWORD; both required, hashed) and their permissions; "
+        "never the default user guest",
     )
     return parser
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    missing = missing_worker_libraries()
+    if missing:
+        print(
+            f"dispatcher: the worker needs {', '.join(missing)}, which the base install leaves "
+            f"out: pip install '{WORKER_EXTRA}'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     from dispatcher.core.preflight import check_kueue, check_tombstones, preflight
     from dispatcher.worker.app import create_app
 
@@ -192,6 +220,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         ]
     )
     return 0
+
+
+def missing_worker_libraries() -> list[str]:
+    """The worker's own libraries (the extra `worker`) that cannot be imported here."""
+    missing = []
+    for name in WORKER_LIBRARIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def declare_topology(app: Any, settings: Settings) -> None:
@@ -266,21 +305,22 @@ def _pair(item: str) -> tuple[str, str]:
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.client import Client
+    from dispatcher.client.inbox import checked_task
+    from dispatcher.messages.task import TaskPolicy
 
-    try:
-        document = _task_document(args)
-        with Client(settings) as client:
-            task = client.task(document)
-            correlation_id = args.correlation_id or str(uuid.uuid4())
-            if not args.wait:
-                client.publish(task.to_json(), correlation_id=correlation_id, reply_to=None)
-                print(f"published task {task.id} (correlation_id {correlation_id})")
-                return 0
-            with client.submit(task, correlation_id=correlation_id) as handle:
-                response = _wait(handle, args.wait_timeout)
+    try:  # the worker's rules and this environment's limits, before any connection is made
+        task = checked_task(_task_document(args), TaskPolicy.from_settings(settings))
     except InvalidTaskError as exc:
         print(f"dispatcher: invalid task: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    correlation_id = args.correlation_id or str(uuid.uuid4())
+    with Client(settings) as client:
+        if not args.wait:
+            client.publish(task.to_json(), correlation_id=correlation_id, reply_to=None)
+            print(f"published task {task.id} (correlation_id {correlation_id})")
+            return 0
+        with client.submit(task, correlation_id=correlation_id) as handle:
+            response = _wait(handle, args.wait_timeout)
     if response is None:
         print(f"dispatcher: no response within {args.wait_timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -386,25 +426,46 @@ def _config(args: argparse.Namespace, settings: Settings) -> int:
 
 def _permissions(args: argparse.Namespace, settings: Settings) -> int:
     """One line per user, ready for a shell (the regexes single-quoted); or the definitions."""
-    if args.definitions:
-        password = os.environ.get("PRODUCER_AMQP_PASSWORD", "")
-        if not password:
-            print(
-                "dispatcher: PRODUCER_AMQP_PASSWORD: the producer's password is needed for "
-                "--definitions",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        document = amqp_permissions.definitions(settings, args.producer_user, password)
-        print(json.dumps(document, indent=2))
-        return 0
-    users = (
-        (args.dispatcher_user, amqp_permissions.dispatcher(settings)),
-        (args.producer_user, amqp_permissions.producer(settings)),
+    try:
+        users = _broker_users(args)
+        if args.definitions:
+            document = amqp_permissions.definitions(settings, **users)
+            print(json.dumps(document, indent=2))
+            return 0
+    except ConfigError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    grants = (
+        (users["dispatcher_user"], amqp_permissions.dispatcher(settings)),
+        (users["producer_user"], amqp_permissions.producer(settings)),
     )
-    for user, granted in users:
+    for user, granted in grants:
         print(shlex.join(["rabbitmqctl", *granted.rabbitmqctl(user, settings.amqp_vhost)]))
     return 0
+
+
+def _broker_users(args: argparse.Namespace) -> dict[str, str]:
+    """The two users (and, for --definitions, their passwords from the environment): the
+    dispatcher's is --dispatcher-user, else AMQP_USER when set, else `dispatcher`."""
+    own = amqp_permissions.own_user
+    if args.dispatcher_user is not None:
+        dispatcher_user = own("--dispatcher-user", args.dispatcher_user)
+    else:
+        dispatcher_user = own("AMQP_USER", os.environ.get("AMQP_USER") or "dispatcher")
+    users = {
+        "dispatcher_user": dispatcher_user,
+        "producer_user": own("--producer-user", args.producer_user),
+    }
+    if args.definitions:
+        password = amqp_permissions.own_password
+        env = os.environ.get
+        users["dispatcher_password"] = password(
+            "AMQP_PASSWORD", env("AMQP_PASSWORD"), "the dispatcher's"
+        )
+        users["producer_password"] = password(
+            "PRODUCER_AMQP_PASSWORD", env("PRODUCER_AMQP_PASSWORD"), "the producer's"
+        )
+    return users
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ pytestmark = pytest.mark.cluster
 SIGNING_KEY = "signing-" + secrets.token_hex(16)
 
 
+def first_node() -> str:
+    """host:port of the stack's first broker node (AMQP_HOST lists three on a three-node stack)."""
+    host, port = Settings.from_env(stack_env()).broker_addresses[0]
+    return f"{host}:{port}"
+
+
 class Users:
     """A dispatcher user and a producer user for one installation, removed afterwards."""
 
@@ -46,9 +52,8 @@ class Users:
             rabbitmqctl(*grants[kind](settings).rabbitmqctl(user, "/"))
 
     def url(self, kind: str) -> str:
-        env = stack_env()
         user, password = self.names[kind], self.passwords[kind]
-        return f"amqp://{user}:{password}@{env['AMQP_HOST']}:{env['AMQP_PORT']}//"
+        return f"amqp://{user}:{password}@{first_node()}//"
 
     def remove(self) -> None:
         for user in self.names.values():
@@ -339,8 +344,7 @@ def test_the_definitions_document_creates_both_users_on_a_real_broker(
     path = tmp_path / "definitions.json"
     path.write_text(made.stdout)
     rabbitmqctl("import_definitions", str(path))
-    stack = stack_env()
-    url = "amqp://{}:{}@" + f"{stack['AMQP_HOST']}:{stack['AMQP_PORT']}//"
+    url = "amqp://{}:{}@" + f"{first_node()}//"
     try:
         with Connection(url.format(users["dispatcher"], passwords["dispatcher"])) as conn:
             conn.connect()  # the hashed password is the dispatcher's

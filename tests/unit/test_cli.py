@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -15,7 +16,11 @@ from dispatcher.messages.progress import ProgressEvent
 
 
 def dispatcher(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AMQP_", "K8S_", "KUBE"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AMQP_", "PRODUCER_", "K8S_", "KUBE"))
+    }
     return subprocess.run(
         [sys.executable, "-m", "dispatcher.cli", *args],
         env={**clean, **env},
@@ -148,6 +153,40 @@ def test_bad_flags_are_refused_with_one_line_and_exit_status_2(argv: list[str], 
     assert result.stdout == ""
 
 
+NO_BROKER = {"AMQP_HOST": "127.0.0.1", "AMQP_PORT": "1"}  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        pytest.param(
+            ["--image", "busybox:1.36", "--memory", "64Gi", "--wait"],
+            "resources.memory: must be at most 4Gi (TASK_MAX_MEMORY), got '64Gi'",
+            id="memory",
+        ),
+        pytest.param(
+            ["--id", "Not An Id", "--image", "busybox:1.36"],
+            "id: must be an RFC 1035 label: 1 to 63 lower-case letters, digits or '-', "
+            "starting with a letter and ending with a letter or digit",
+            id="id",
+        ),
+        pytest.param(
+            ["--image", "busybox:1.36", "--env", "TASK_ID=x"],
+            "env.TASK_ID: is set by the dispatcher and cannot be overridden",
+            id="env",
+        ),
+    ],
+)
+def test_a_bad_task_is_refused_before_connecting_with_exit_status_2(
+    argv: list[str], line: str
+) -> None:
+    result = dispatcher("submit", *argv, **NO_BROKER)
+
+    assert result.returncode == 2
+    assert result.stderr == f"dispatcher: invalid task: {line}\n"
+    assert result.stdout == ""
+
+
 def test_the_permissions_printed_are_those_docs_security_shows() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
     block = doc.split("```console\n", 1)[1].split("```", 1)[0]
@@ -159,11 +198,85 @@ def test_the_permissions_printed_are_those_docs_security_shows() -> None:
     assert result.stdout.splitlines() == expected
 
 
-def test_definitions_need_the_producers_password() -> None:
-    result = dispatcher("permissions", "--definitions", PRODUCER_AMQP_PASSWORD="")
+PASSWORDS = {"AMQP_PASSWORD": "d-secret", "PRODUCER_AMQP_PASSWORD": "p-secret"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "line"),
+    [
+        pytest.param(
+            [],
+            {},
+            "AMQP_PASSWORD: the dispatcher's password is needed for --definitions (set it; the "
+            "default 'guest' is never written)",
+            id="no-passwords",
+        ),
+        pytest.param(
+            [],
+            {"AMQP_PASSWORD": "d-secret"},
+            "PRODUCER_AMQP_PASSWORD: the producer's password is needed for --definitions (set "
+            "it; the default 'guest' is never written)",
+            id="no-producer-password",
+        ),
+        pytest.param(
+            [],
+            {**PASSWORDS, "AMQP_PASSWORD": "guest"},
+            "AMQP_PASSWORD: the dispatcher's password is needed for --definitions (set it; the "
+            "default 'guest' is never written)",
+            id="default-password",
+        ),
+        pytest.param(
+            [],
+            {**PASSWORDS, "AMQP_USER": "guest"},
+            "AMQP_USER: 'guest' is RabbitMQ's default user; name a user of its own",
+            id="guest-from-the-environment",
+        ),
+        pytest.param(
+            ["--dispatcher-user", "guest"],
+            PASSWORDS,
+            "--dispatcher-user: 'guest' is RabbitMQ's default user; name a user of its own",
+            id="guest-by-flag",
+        ),
+    ],
+)
+def test_definitions_never_hold_the_default_user_or_password(
+    argv: list[str], env: dict[str, str], line: str
+) -> None:
+    result = dispatcher("permissions", "--definitions", *argv, **env)
 
     assert result.returncode == 2
-    assert result.stderr.startswith("dispatcher: PRODUCER_AMQP_PASSWORD: ")
+    assert result.stderr == f"dispatcher: {line}\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "user"),
+    [
+        pytest.param(["--dispatcher-user", "ops"], {"AMQP_USER": "other"}, "ops", id="flag"),
+        pytest.param([], {"AMQP_USER": "other"}, "other", id="amqp-user"),
+        pytest.param([], {}, "dispatcher", id="default"),
+    ],
+)
+def test_definitions_create_the_dispatcher_user_named_by_the_flag_else_amqp_user(
+    argv: list[str], env: dict[str, str], user: str
+) -> None:
+    result = dispatcher(
+        "permissions", "--definitions", "--producer-user", "billing", *argv, **PASSWORDS, **env
+    )
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert [u["name"] for u in document["users"]] == [user, "billing"]
+    assert [p["user"] for p in document["permissions"]] == [user, "billing"]
+    assert "guest" not in result.stdout
+    assert "secret" not in result.stdout
+
+
+def test_the_rabbitmqctl_commands_name_the_dispatcher_user_given() -> None:
+    result = dispatcher("permissions", "--dispatcher-user", "ops", AMQP_USER="other")
+
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[4] for line in result.stdout.splitlines()] == ["ops", "producer"]
 
 
 def test_flags_extend_the_files_env_and_resources_and_override_its_fields(
@@ -219,3 +332,44 @@ def test_the_progress_line_is_rewritten_in_place_and_erased(
         "\r\x1b[Kt-1: running on node-1 (0 s)"
         "\r\x1b[K"
     )
+
+
+def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> None:
+    blocked = "import sys; sys.modules.update(celery=None, lightkube=None); "
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked + "from dispatcher.cli import main; sys.exit(main(['worker']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dispatcher: the worker needs celery, lightkube, which the base install leaves out: "
+        "pip install 'k8s-job-dispatcher[worker]'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["config"], id="config"),
+        pytest.param(["submit", "--image", "busybox:1.36"], id="submit"),
+        pytest.param(["cancel", "some-task"], id="cancel"),
+        pytest.param(["worker"], id="worker"),
+    ],
+)
+def test_config_checks_the_tls_files_as_every_broker_command_does(argv: list[str]) -> None:
+    result = dispatcher(*argv, AMQP_TLS="true", AMQP_CA_FILE="/nonexistent/ca.pem", **NO_BROKER)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dispatcher: invalid setting AMQP_CA_FILE: cannot be read as PEM CA certificates: "
+        "No such file or directory\n"
+    )
+    assert result.stdout == ""

@@ -1,9 +1,11 @@
-"""The README is executed: its settings table, its task example and its error texts are real."""
+"""The docs are the code's: the README's task example and error texts are real, the settings and
+metrics tables are generated from the code, and the figures and layers they state are the code's."""
 
 from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,12 @@ import pytest
 from dispatcher.config import SETTINGS_TABLE, Settings
 from dispatcher.errors import InvalidTaskError
 from dispatcher.messages.task import parse_task
+from dispatcher.worker.metrics import Metrics
+from dispatcher.worker.retry import MAX_ATTEMPTS, backoff, retry_window, waited
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
+DOCS = REPO / "docs"
 
 
 def settings_table() -> str:
@@ -22,10 +27,35 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def test_readme_settings_table_is_generated_from_the_code() -> None:
-    block = README.split("<!-- settings-table:", 1)[1].split("<!-- end settings-table -->")[0]
-    documented = block.split("\n", 1)[1].strip()
-    assert documented == settings_table(), "run `make docs` to regenerate the README table"
+def generated(path: Path, marker: str) -> str:
+    block = path.read_text().split(f"<!-- {marker}:", 1)[1].split(f"<!-- end {marker} -->")[0]
+    return block.split("\n", 1)[1].strip()
+
+
+def test_the_settings_table_is_generated_from_the_code() -> None:
+    documented = generated(DOCS / "settings.md", "settings-table")
+    assert documented == settings_table(), "run `make docs` to regenerate docs/settings.md"
+
+
+def test_every_metric_a_worker_serves_is_in_the_metrics_table() -> None:
+    documented = generated(DOCS / "operations.md", "metrics-table")
+    served = [
+        f"{m.name}_total" if m.type == "counter" else m.name for m in Metrics().registry.collect()
+    ]
+
+    listed = re.findall(r"^\| `([a-z_]+)` \|", documented, flags=re.M)
+    assert listed == served, "run `make docs` to regenerate the metrics in docs/operations.md"
+    assert "dispatcher_cancel_requests_total" in listed
+
+
+def test_the_layers_architecture_md_names_are_the_import_linters() -> None:
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in contract["contracts"] if c["type"] == "layers"]
+    text = " ".join((DOCS / "architecture.md").read_text().split())
+    chain = re.search(r"keeps the layers from rotting: (`[a-z]+`(?: > `[a-z]+`)+)", text)
+
+    assert chain is not None
+    assert chain[1].replace("`", "").split(" > ") == [name.split(".")[1] for name in layers]
 
 
 def test_every_setting_has_its_default_when_the_environment_is_empty() -> None:
@@ -75,3 +105,12 @@ def test_readme_validation_errors_are_the_real_texts(
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.json")), ids=lambda p: p.name)
 def test_examples_are_valid_tasks(path: Path) -> None:
     parse_task(path.read_bytes())
+
+
+def test_the_retry_window_the_guarantees_state_is_the_codes() -> None:
+    attempts = ", ".join(f"{backoff(n):g}" for n in range(3))
+    stated = (
+        f"backoff ({attempts} … {backoff(MAX_ATTEMPTS):g} s: {MAX_ATTEMPTS} retries, "
+        f"{waited(MAX_ATTEMPTS):g} s) for {retry_window()}"
+    )
+    assert stated in " ".join((DOCS / "guarantees.md").read_text().split())

@@ -100,9 +100,15 @@ def test_the_password_hash_is_rabbitmqs_salted_sha256() -> None:
 
 
 def test_the_definitions_create_both_users_with_their_permissions_and_no_password() -> None:
-    settings = Settings.from_env({"AMQP_USER": "disp", "AMQP_PASSWORD": "disp-secret"})
+    settings = Settings.from_env({})
 
-    document = definitions(settings, "billing", "billing-secret")
+    document = definitions(
+        settings,
+        dispatcher_user="disp",
+        dispatcher_password="disp-secret",
+        producer_user="billing",
+        producer_password="billing-secret",
+    )
 
     assert [u["name"] for u in document["users"]] == ["disp", "billing"]
     assert all(u["tags"] == [] for u in document["users"])  # no administrator

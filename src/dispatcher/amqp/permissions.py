@@ -16,7 +16,8 @@ write on ``amq.default``, which would reach every queue; producers never get it.
 
 `dispatcher permissions` prints both as ``rabbitmqctl set_permissions`` commands, or with
 ``--definitions`` as a RabbitMQ definitions document that creates the users too (the manifests'
-broker loads it at start).
+broker loads it at start). Neither ever names RabbitMQ's default user ``guest`` or writes its
+default password: :func:`own_user` and :func:`own_password` refuse them with a ConfigError.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dispatcher.config import Settings
+from dispatcher.errors import ConfigError
+
+DEFAULT_USER = "guest"
+"""RabbitMQ's built-in user (and password): loopback only, never one of ours."""
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"  # a pseudo-queue: needs no permission of its own
 
@@ -107,13 +112,42 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def definitions(settings: Settings, producer_user: str, producer_password: str) -> dict[str, Any]:
+def own_user(source: str, name: str) -> str:
+    """`name`, unless it is empty or RabbitMQ's default user; `source` names where it came from."""
+    if not name:
+        raise ConfigError(source, "a broker user name is needed")
+    if name == DEFAULT_USER:
+        raise ConfigError(
+            source, f"'{DEFAULT_USER}' is RabbitMQ's default user; name a user of its own"
+        )
+    return name
+
+
+def own_password(variable: str, password: str | None, whose: str) -> str:
+    """The password from `variable`, which must be set and not RabbitMQ's default."""
+    if not password or password == DEFAULT_USER:
+        raise ConfigError(
+            variable,
+            f"{whose} password is needed for --definitions (set it; the default "
+            f"'{DEFAULT_USER}' is never written)",
+        )
+    return password
+
+
+def definitions(
+    settings: Settings,
+    *,
+    dispatcher_user: str,
+    dispatcher_password: str,
+    producer_user: str,
+    producer_password: str,
+) -> dict[str, Any]:
     """A RabbitMQ definitions document (`load_definitions`, `rabbitmqctl import_definitions`)
-    with the two kinds of users — the dispatcher's (AMQP_USER) and one producer — and their
-    permissions on AMQP_VHOST; passwords only as salted hashes."""
+    with the two kinds of users — the dispatcher's and one producer — and their permissions on
+    AMQP_VHOST; passwords only as salted hashes."""
     vhost = settings.amqp_vhost
     users = (
-        (settings.amqp_user, settings.amqp_password, dispatcher(settings)),
+        (dispatcher_user, dispatcher_password, dispatcher(settings)),
         (producer_user, producer_password, producer(settings)),
     )
     return {

@@ -104,3 +104,8 @@ def not_in_progress_error(task_id: str, why: Cancelled) -> str:
     return (
         f"cancel: task '{task_id}' is not in progress: the id names a Job of another installation"
     )
+
+
+def not_stopped_error(task_id: str, why: str) -> str:
+    """The cancel request's answer when stopping the task failed (`why`): the task goes on."""
+    return f"cancel: task '{task_id}' was not stopped: {why}"

@@ -29,6 +29,7 @@ from dispatcher.core.cancel import (
     cancel,
     cancelled_before_start,
     not_in_progress_error,
+    not_stopped_error,
 )
 from dispatcher.core.finalize import (
     Finalized,
@@ -49,7 +50,7 @@ from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
 from dispatcher.messages.task import TaskPolicy, parse_task, peek_task_id
-from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff
+from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff, retry_window
 from dispatcher.worker.seal import SealedTask
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 BROKER_ERRORS = (KombuError, OperationalError, MessageNacked, ConnectionError, OSError)
 INTERNAL_ERROR = "internal error of the dispatcher; its log has the details"
 API_UNAVAILABLE = (
-    "the Kubernetes API stayed unavailable for about seven minutes of retries; the task did not run"
+    f"the Kubernetes API stayed unavailable for {retry_window()} of retries; the task did not run"
 )
 
 
@@ -242,12 +243,12 @@ def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
         if self.request.retries < MAX_ATTEMPTS:
             log.warning("cancelling task %s failed: %s; will retry", task_id, exc)
             _retry(self, exc, backoff(self.request.retries))
-        error = f"cancel: task '{task_id}' was not stopped: {API_UNAVAILABLE}"
+        error = not_stopped_error(task_id, API_UNAVAILABLE)
         runtime.metrics.cancel_requests.labels("error").inc()
     except KubeError as exc:  # e.g. forbidden: the operator must fix the RBAC
         runtime.metrics.kube_errors.labels("permanent").inc()
         log.error("cancelling task %s failed: %s", task_id, exc)
-        error = f"cancel: task '{task_id}' was not stopped: {INTERNAL_ERROR}"
+        error = not_stopped_error(task_id, INTERNAL_ERROR)
         runtime.metrics.cancel_requests.labels("error").inc()
     else:
         runtime.metrics.cancel_requests.labels(result.value).inc()
