@@ -63,7 +63,7 @@ def unconfirmed() -> str:
     """The error of a publish the broker did not confirm in time."""
     return (
         f"RabbitMQ did not confirm the message within {CONFIRM_SECONDS:.0f} s (is it blocking "
-        "publishers for a resource alarm?)"
+        "publishers for a resource alarm, or has the task queue no leader?)"
     )
 
 
