@@ -483,9 +483,9 @@ def test_helm_uninstall_leaves_nothing_even_with_tasks_running(release: Release)
             "clusterroles,clusterrolebindings,pv", "-l", f"app.kubernetes.io/instance={RELEASE}"
         ),
         "helm release": [
-            name
-            for name in helm("list", "-A", "-q", *RELEASE_STATES).stdout.split()
-            if name == RELEASE
+            f"{r['name']} in {r['namespace']}: revision {r['revision']} {r['status']}"
+            for r in json.loads(helm("list", "-A", "-o", "json", *RELEASE_STATES).stdout)
+            if r["name"] == RELEASE
         ],
     }
     late = broker.no_more_responses(2)
