@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 UV := bash scripts/uv.sh
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
+.PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down helm-build chart manifests demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,14 +38,27 @@ kueue-up: venv up  ## opt-in: build Kueue's manager (cached), install its CRDs, 
 kueue-down:  ## stop Kueue's manager and remove its webhooks
 	bash stack/kueue.sh down
 
+helm-build:  ## build Helm from the Go module proxy (cached by version; the chart's tests need it)
+	bash stack/build-helm.sh
+
+CHART := charts/k8s-job-dispatcher
+# The chart's defaults name no broker and no credentials (it refuses to render without them), so
+# it is linted with each values file of its ci/.
+chart: helm-build  ## lint the Helm chart (with each values file of its ci/) and package it into dist/
+	for f in $(CHART)/ci/*-values.yaml; do bash stack/helm.sh lint --strict $(CHART) --values $$f || exit 1; done
+	bash stack/helm.sh package $(CHART) --destination dist
+
+manifests: venv helm-build  ## write the kustomize base (manifests/base) from the Helm chart
+	$(PY) scripts/render_base.py
+
 demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json, print the response
 	bash scripts/demo.sh
 
 check: lint typecheck  ## static checks: ruff, mypy --strict, import layers
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench scripts
-	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/ruff check src tests bench scripts $(CHART)/files
+	$(VENV)/bin/ruff format --check src tests bench scripts $(CHART)/files
 	$(VENV)/bin/lint-imports
 
 typecheck: venv
@@ -54,7 +67,7 @@ typecheck: venv
 unit: venv  ## fast tests, no services
 	$(PY) -m pytest tests/unit -q
 
-test: venv check up image kueue-build  ## the whole suite on the real stack (what CI runs)
+test: venv check up image kueue-build helm-build  ## the whole suite on the real stack (what CI runs)
 	set -a && . .local/env && set +a && $(PY) -m pytest tests -q
 
 bench: venv up  ## benchmarks (tables on stdout)
