@@ -7,6 +7,7 @@ the broker permissions.
                       [--mount PATH] [--workdir PATH] [--wait] [--wait-timeout SECONDS]
                       [--correlation-id ID] [-- COMMAND ITEM...]
     dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
+    dispatcher answers [--count N] [--wait-timeout SECONDS]
     dispatcher config
     dispatcher permissions [--dispatcher-user USER] [--producer-user USER] [--definitions]
 
@@ -15,7 +16,9 @@ command with one line naming it and exit status 2. `submit --wait` exits with th
 code (1 for an error answer, 124 when the wait times out, 130 when interrupted: the task goes
 on); on a terminal it shows the task's progress on one line of standard error meanwhile.
 `cancel` exits 0 when the task was cancelled, 1 when the answer is an error (not in progress),
-124 when no answer came in time, 130 when interrupted.
+124 when no answer came in time, 130 when interrupted. `answers` takes the answers of tasks sent
+without a reply route off the responses queue and prints one JSON line each: 0 when it printed
+one or more, 124 when none came in time.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": _worker,
         "submit": _submit,
         "cancel": _cancel,
+        "answers": _answers,
         "config": _config,
         "permissions": _permissions,
     }
@@ -97,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-CHECKS_FILES = frozenset({"worker", "submit", "cancel", "config"})
+CHECKS_FILES = frozenset({"worker", "submit", "cancel", "answers", "config"})
 """The commands that connect to the broker, and `config`, which checks what they check."""
 
 
@@ -155,6 +159,20 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--no-wait", action="store_true", help="send the request and return")
     cancel.add_argument(
         "--wait-timeout", type=_wait_seconds, default=60.0, help="seconds to wait (60)"
+    )
+    answers = sub.add_parser(
+        "answers",
+        help="take answers off the responses queue (RESPONSE_QUEUE_NAME) and print them, one JSON "
+        "line each",
+    )
+    answers.add_argument(
+        "--count", type=_seconds, default=None, metavar="N", help="stop after N answers"
+    )
+    answers.add_argument(
+        "--wait-timeout",
+        type=_wait_seconds,
+        default=5.0,
+        help="stop when no answer came for this many seconds (5)",
     )
     sub.add_parser("config", help="check the settings and print them (secrets hidden)")
     permissions = sub.add_parser(
@@ -405,6 +423,26 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
         response.error == "cancelled" or response.error.startswith("cancelled: ")
     )
     return 0 if cancelled else EXIT_ERROR_RESPONSE
+
+
+def _answers(args: argparse.Namespace, settings: Settings) -> int:
+    """Answers of tasks published without `reply_to` go to RESPONSE_QUEUE_NAME: take them off it
+    (each acknowledged once printed) until --count or --wait-timeout seconds without one."""
+    from dispatcher.client import Client
+
+    printed = 0
+    with Client(settings) as client:
+        for body in client.take_answers(idle_timeout=args.wait_timeout, count=args.count):
+            print(body, flush=True)
+            printed += 1
+    if not printed:
+        print(
+            f"dispatcher: no answer in {settings.response_queue_name} within "
+            f"{args.wait_timeout:g} s",
+            file=sys.stderr,
+        )
+        return EXIT_TIMEOUT
+    return 0
 
 
 def _read(path: str) -> bytes:

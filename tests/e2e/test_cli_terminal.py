@@ -197,3 +197,25 @@ def test_dispatcher_cancel_of_a_running_task_and_of_an_unknown_id(dispatcher: Di
     )
     # The task's own answer went to the response queue (it was published without reply_to).
     assert broker.response(timeout=60)["error"] == "cancelled"
+
+
+def test_answers_prints_the_answers_of_tasks_sent_without_wait(dispatcher: Dispatcher) -> None:
+    broker, _ = dispatcher
+    first, second = unique("cli-answers"), unique("cli-answers")
+
+    sent = [run_cli(broker, "submit", "--id", i, *flags(f"echo {i}")) for i in (first, second)]
+    taken = run_cli(broker, "answers", "--count", "2", "--wait-timeout", "90", timeout=200)
+    none_left = run_cli(broker, "answers", "--wait-timeout", "1")
+
+    assert [s.returncode for s in sent] == [0, 0], [s.stderr for s in sent]
+    assert taken.returncode == 0, taken.stderr
+    answers = [json.loads(line) for line in taken.stdout.splitlines()]
+    assert sorted(answers, key=lambda a: str(a["id"])) == sorted(
+        [{"id": i, "output": f"{i}\n", "exit": 0} for i in (first, second)],
+        key=lambda a: str(a["id"]),
+    )
+    assert none_left.returncode == 124  # taken off the queue: nothing is printed twice
+    assert none_left.stdout == ""
+    assert none_left.stderr == (
+        f"dispatcher: no answer in {broker.instance.env()['RESPONSE_QUEUE_NAME']} within 1 s\n"
+    )

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.amqp.tls import tls_problem
+from dispatcher.amqp.tls import tls_context
 from dispatcher.config import Settings
+from dispatcher.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_with_tls_the_certificate_and_the_name_are_verified(pki: Path) -> None:
         "cert_reqs": ssl.CERT_REQUIRED,
         "server_hostname": "broker.example.com",
     }
-    assert tls_problem(settings) is None
+    assert tls_context(settings) is not None  # the files load
 
 
 def test_the_name_checked_can_differ_from_the_host_dialled() -> None:
@@ -78,7 +79,7 @@ def test_a_client_certificate_with_its_key_is_fine(pki: Path) -> None:
         }
     )
 
-    assert tls_problem(settings) is None
+    assert tls_context(settings) is not None  # the files load
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_files_that_cannot_be_used_are_named(
 ) -> None:
     env = {"AMQP_TLS": "true", **{k: str(pki / v) for k, v in files.items()}}
 
-    found = tls_problem(Settings.from_env(env))
+    with pytest.raises(ConfigError) as refused:
+        tls_context(Settings.from_env(env))
 
-    assert found is not None
-    assert found.startswith(problem)
+    assert str(refused.value).startswith(problem)

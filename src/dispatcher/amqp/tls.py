@@ -13,15 +13,6 @@ from dispatcher.config import Settings
 from dispatcher.errors import ConfigError
 
 
-def tls_problem(settings: Settings) -> str | None:
-    """What keeps the TLS files from being used, naming the variable (None: fine, or no TLS)."""
-    try:
-        tls_context(settings)
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The client TLS context of ``AMQP_TLS`` (None without TLS): the broker's certificate is
     verified against ``AMQP_CA_FILE`` (else the system's CAs) and for ``AMQP_SERVER_NAME``

@@ -186,6 +186,41 @@ class Client:
             with contextlib.suppress(Exception):
                 channel.close()
 
+    def take_answers(self, *, idle_timeout: float, count: int | None = None) -> Iterator[str]:
+        """The answers waiting in RESPONSE_QUEUE_NAME (tasks sent without `reply_to` are
+        answered there), as JSON text, each acknowledged, i.e. taken off the queue, once the
+        caller has it; until `count` of them, or none came for `idle_timeout` seconds."""
+        name = self.settings.response_queue_name
+        channel = self._connection.channel()
+        taken = 0
+        try:
+            idle_until = time.monotonic() + idle_timeout
+            while (count is None or taken < count) and time.monotonic() < idle_until:
+                try:
+                    message = channel.basic_get(queue=name, no_ack=False)
+                except NotFound as exc:
+                    raise ClientError(
+                        f"no queue {name!r} (RESPONSE_QUEUE_NAME) on the broker: a worker "
+                        "declares it when it starts"
+                    ) from exc
+                except AccessRefused as exc:
+                    raise ClientError(
+                        f"AMQP_USER may not read {name!r} (RESPONSE_QUEUE_NAME): {exc}"
+                    ) from exc
+                except (OSError, AMQPError) as exc:
+                    raise ClientError(f"cannot read {name!r} from RabbitMQ: {exc}") from exc
+                if message is None:
+                    time.sleep(0.2)
+                    continue
+                body = message.body
+                yield body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+                channel.basic_ack(message.delivery_tag)
+                taken += 1
+                idle_until = time.monotonic() + idle_timeout
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
     def drain(self, timeout: float) -> None:
         """Deliver whatever arrives within `timeout` seconds to the handles' inboxes."""
         try:
