@@ -383,6 +383,45 @@ def test_a_pod_waiting_for_room_is_not_stuck_and_counts_as_waiting() -> None:
     assert (react.active_jobs(), react.waiting_jobs()) == (1, 0)
 
 
+def test_jobs_lists_the_active_jobs_oldest_first_with_whether_they_have_a_node() -> None:
+    react, _, _ = queueing_reactor(3600)
+    kube = FakeKube()
+    first = create_job_for(kube)
+    second = create_job_for(kube, dataclasses.replace(TASK, id="t-2"))
+    later = {**second["metadata"], "creationTimestamp": "2025-01-10T10:05:00+00:00"}
+    second = {**second, "metadata": later}
+    react.on_job("ADDED", second)
+    react.on_job("ADDED", first)
+    react.on_pod("ADDED", make_pod(first))  # scheduled
+    react.on_pod("ADDED", make_pod(second, "b8c1d", scheduled=FULL))
+    created = datetime.fromisoformat(T0).timestamp()
+
+    views = react.jobs()
+
+    assert [(v.name, v.started, v.suspended) for v in views] == [
+        ("t-1", True, False),
+        ("t-2", False, False),
+    ]
+    assert views[0].since == created
+    react.on_job("MODIFIED", kube.update_status("t-1", COMPLETE))
+    assert [v.name for v in react.jobs()] == ["t-2"]
+
+
+def test_a_deleted_job_is_forgotten_in_one_deletion_whatever_was_known_of_it() -> None:
+    react, requests = reactor()
+    (job,) = job_states(RUNNING)
+    react.on_job("ADDED", job)
+    react.on_pod("ADDED", make_pod(job, state=waiting("ErrImagePull", PULL_MESSAGE)))
+    react.on_event("ADDED", failed_create(job, "pods is forbidden: exceeded quota"))
+    assert (react.remembered(), len(requests)) == (1, 2)
+
+    answered = {**job["metadata"], "annotations": {RESPONDED_ANNOTATION: "x"}}
+    react.on_job("DELETED", {**job, "metadata": answered})
+
+    assert react.remembered() == 0
+    assert react.jobs() == []
+
+
 def test_sweep_asks_once_for_jobs_that_waited_their_queue_timeout_without_a_node() -> None:
     react, requests, _ = queueing_reactor(300)
     kube = FakeKube()

@@ -16,10 +16,11 @@ finalize after the grace period.
 The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
 with what the API server holds, so a missed deletion cannot keep a Job counted forever.
 
-Per Job only its uid, name and creation time are kept (a few hundred bytes), and for a Job whose
-pod ended but whose own end was not seen yet, a small copy of that pod: the request to finalize
-an ended Job carries the Job and its pod as the watches showed them, so answering it reads
-neither again.
+Per Job one record (`JobMemory`, keyed by the Job's uid) holds all the reactor knows of it: its
+name and when it was let start, whether its pod has a node, which finalize requests were made,
+and, for a Job whose pod ended but whose own end was not seen yet, a small copy of that pod (the
+request to finalize an ended Job carries the Job and its pod as the watches showed them, so
+answering it reads neither again). A few hundred bytes; forgetting a Job is one deletion.
 """
 
 from __future__ import annotations
@@ -64,10 +65,51 @@ class FinalizeRequest:
 Schedule = Callable[[FinalizeRequest], None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Active:
+@dataclass(slots=True)
+class JobMemory:
+    """What the reactor knows of one Job, by its uid. Forgetting the Job is one deletion; a
+    record whose Job is not active (ended, or not seen yet) keeps only what stops a second
+    finalize request, until a re-list shows the Job gone."""
+
     name: str
-    since: float  # POSIX seconds: when the Job was last let start (startTime, else creation)
+    since: float | None = None  # active (seen, not ended): when it was last let start, POSIX s
+    started: bool = False  # its pod has a node
+    suspended: bool = False  # its queue timeout has not begun (waiting for Kueue, just admitted)
+    finishing: bool = False  # handed to finalize: ended, deleted, or answered and not let go
+    not_created: bool = False  # handed to finalize: its pod could not be created
+    timed_out: bool = False  # handed to finalize for its queue timeout (since this admission)
+    stuck_pods: set[str] = field(default_factory=set)  # Pod uids whose grace period runs
+    ended_pod: dict[str, Any] | None = None  # its pod that ended, until its own end is seen
+    # when finalize was last asked because Kueue can never admit it (asked again now and then)
+    not_admitted_at: float | None = None
+    evicted_at: str | None = None  # when its last eviction by Kueue was told
+    # Kueue can never admit it but the Job was not seen yet (the watches are separate streams):
+    # the Workload's uid; handed to finalize when the Job is seen
+    early_workload: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def end(self) -> None:
+        """The Job ended or will: not active; what stops a second request stays."""
+        self.since = None
+        self.started = self.suspended = False
+        self.ended_pod = self.not_admitted_at = self.evicted_at = self.early_workload = None
+
+    def empty(self) -> bool:
+        return self == JobMemory(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """One active Job as the reactor sees it (for status views)."""
+
+    uid: str
+    name: str
+    since: float
+    started: bool
+    suspended: bool
 
 
 class Reactor:
@@ -94,69 +136,53 @@ class Reactor:
         self._clock = clock
         self._reask = max(stuck_grace_seconds, REASK_SECONDS)
         self._lock = threading.Lock()
-        self._finishing: set[str] = set()  # Job uids already handed to finalize
-        self._stuck: set[str] = set()  # Pod uids whose grace period is running
-        self._not_created: set[str] = set()  # Job uids whose pod creation failed
-        self._timed_out: set[str] = set()  # Job uids handed to finalize for their queue timeout
-        self._active: dict[str, _Active] = {}  # Job uid -> Job seen and not yet ended
-        self._started: set[str] = set()  # Job uids with a pod that has a node
-        self._ended_pods: dict[str, dict[str, Any]] = {}  # Job uid -> its pod that ended
-        # Job uids whose queue timeout has not begun: suspended (waiting for Kueue), or just
-        # admitted with no startTime yet
-        self._suspended: set[str] = set()
-        # Job uid -> when finalize was last asked: Kueue can never admit it (asked again now
-        # and then while that holds, in case an answer did not come of it)
-        self._not_admitted: dict[str, float] = {}
-        self._evictions: dict[str, str] = {}  # Job uid -> when its last eviction was told
-        # Job uid -> (name, Workload uid): Kueue can never admit it, but its Job was not seen
-        # yet (the watches are separate streams); handed to finalize when the Job is
-        self._early: dict[str, tuple[str, str]] = {}
+        self._jobs: dict[str, JobMemory] = {}  # Job uid -> what is known of it
+
+    def _memory(self, uid: str, name: str) -> JobMemory:
+        """The record of Job `uid`, made when there is none (call with the lock held)."""
+        memory = self._jobs.get(uid)
+        if memory is None:
+            memory = self._jobs[uid] = JobMemory(name)
+        return memory
 
     # -- what is active -------------------------------------------------------------------------
 
     def active_jobs(self) -> int:
         """Jobs of this installation that exist and have not ended (running or queued)."""
         with self._lock:
-            return len(self._active)
+            return sum(1 for memory in self._jobs.values() if memory.active)
 
     def waiting_jobs(self) -> int:
         """Active Jobs whose pod has no node yet: queued for room in the cluster, or for Kueue
         to admit them."""
         with self._lock:
-            return len(self._active.keys() - self._started)
+            return sum(1 for m in self._jobs.values() if m.active and not m.started)
+
+    def jobs(self) -> list[JobView]:
+        """The active Jobs, oldest first."""
+        with self._lock:
+            views = [
+                JobView(uid, m.name, m.since, m.started, m.suspended)
+                for uid, m in self._jobs.items()
+                if m.since is not None
+            ]
+        return sorted(views, key=lambda view: view.since)
 
     def jobs_listed(self, present: set[str]) -> None:
         """After a (re-)list, with the uids of the Jobs it held: forget every other Job, so a
-        missed deletion neither keeps a Job counted as active nor its uid remembered forever."""
+        missed deletion neither keeps a Job counted as active nor its uid remembered forever.
+        A Job Kueue cannot admit whose own Job was not seen yet stays: a Workloads list prunes
+        those."""
         with self._lock:
-            for uid in self._active.keys() - present:
-                del self._active[uid]
-            for held in self._job_maps():
-                if held is self._early:  # Jobs not seen yet: a Workloads list prunes them
-                    continue
-                for uid in held.keys() - present:
-                    del held[uid]
-            for seen in self._job_sets():
-                seen.intersection_update(present)
+            for uid in self._jobs.keys() - present:
+                memory = self._jobs.pop(uid)
+                if memory.early_workload is not None:
+                    self._jobs[uid] = JobMemory(memory.name, early_workload=memory.early_workload)
 
     def remembered(self) -> int:
         """How many Job uids the reactor holds any state for: bounded by the Jobs that exist."""
         with self._lock:
-            return len(set(self._active).union(*self._job_sets(), *self._job_maps()))
-
-    def _job_maps(self) -> tuple[dict[str, Any], ...]:
-        """Every map keyed by Job uid (call with the lock held)."""
-        return (self._ended_pods, self._evictions, self._not_admitted, self._early)
-
-    def _job_sets(self) -> tuple[set[str], ...]:
-        """Every set of Job uids (call with the lock held)."""
-        return (
-            self._finishing,
-            self._not_created,
-            self._timed_out,
-            self._started,
-            self._suspended,
-        )
+            return len(self._jobs)
 
     # -- Jobs -----------------------------------------------------------------------------------
 
@@ -171,7 +197,8 @@ class Reactor:
         uid, name = meta.get("uid", ""), meta.get("name", "")
         annotations = meta.get("annotations") or {}
         if event_type == "DELETED":
-            self._forget(uid)
+            with self._lock:
+                self._jobs.pop(uid, None)
             # Gone unanswered: its finalizer was removed by hand, or it predates the finalizer.
             if RESPONDED_ANNOTATION not in annotations:
                 why = "deleted before it was answered"
@@ -183,22 +210,20 @@ class Reactor:
             held = ANSWER_FINALIZER in (meta.get("finalizers") or [])
             if event_type == "LISTED" and (held or not kept):  # a crash cut its release short
                 why = "answered, not yet let go of"
-                self._once(self._finishing, uid, FinalizeRequest(name, uid, 0.0, why))
+                self._once(uid, name, "finishing", FinalizeRequest(name, uid, 0.0, why))
             return
         if meta.get("deletionTimestamp"):  # deleted unanswered: our finalizer holds it for us
             self._end(uid)
             why = "deleted before it was answered"
             request = FinalizeRequest(name, uid, 0.0, why, job=job_snapshot(job))
-            self._once(self._finishing, uid, request)
+            self._once(uid, name, "finishing", request)
             return
         if not job_finished(job):
             self._track(uid, name, job)
             return
-        with self._lock:
-            pod = self._ended_pods.get(uid)
-        self._end(uid)
+        pod = self._end(uid)
         request = FinalizeRequest(name, uid, 0.0, "job ended", job=job_snapshot(job), pod=pod)
-        self._once(self._finishing, uid, request)
+        self._once(uid, name, "finishing", request)
 
     def _track(self, uid: str, name: str, job: dict[str, Any]) -> None:
         """Count a Job that has not ended as active, and note whether it waits for Kueue: a
@@ -206,60 +231,47 @@ class Reactor:
         a Job suspended again was evicted — preempted — and has no pod on a node any more."""
         since = _since(job)
         suspended = kueue.suspended(job)
-        held = suspended or kueue.just_admitted(job)
         with self._lock:
-            known = self._active.get(uid)
-            if known is None or known.since != since:
-                self._active[uid] = _Active(name, since)
-                if known is not None:  # admitted again (after a preemption): a new timeout
-                    self._timed_out.discard(uid)
-            early = self._early.pop(uid, None)
-            if held:
-                self._suspended.add(uid)
-            else:
-                self._suspended.discard(uid)
+            memory = self._memory(uid, name)
+            if memory.since != since:
+                if memory.since is not None:  # admitted again (after a preemption): a new timeout
+                    memory.timed_out = False
+                memory.since, memory.name = since, name
+            early, memory.early_workload = memory.early_workload, None
+            memory.suspended = suspended or kueue.just_admitted(job)
             if suspended:
-                self._started.discard(uid)
+                memory.started = False
             else:
-                self._not_admitted.pop(uid, None)
+                memory.not_admitted_at = None
         if early is not None and suspended:
             self._not_admissible(name, uid)
 
-    def _end(self, uid: str) -> None:
+    def _end(self, uid: str) -> dict[str, Any] | None:
+        """The Job ended (or is going): no longer active; its ended pod, if one was kept."""
         with self._lock:
-            self._active.pop(uid, None)
-            for seen in (self._started, self._suspended):
-                seen.discard(uid)
-            for held in self._job_maps():
-                held.pop(uid, None)
+            memory = self._jobs.get(uid)
+            if memory is None:
+                return None
+            pod = memory.ended_pod
+            memory.end()
+            return pod
 
-    def _forget(self, uid: str) -> None:
+    def _once(
+        self, uid: str, name: str, mark: str, request: FinalizeRequest, pod_uid: str = ""
+    ) -> None:
+        """Schedule `request` unless the Job's `mark` says it was (for "stuck_pods", its pod
+        `pod_uid`); take the mark back when scheduling fails (the broker is away), so that the
+        next event or re-list retries it."""
         with self._lock:
-            for seen in self._job_sets():
-                seen.discard(uid)
-            self._active.pop(uid, None)
-            for held in self._job_maps():
-                held.pop(uid, None)
-
-    def _once(self, seen: set[str] | dict[str, float], key: str, request: FinalizeRequest) -> None:
-        """Schedule `request` unless `key` was already scheduled (a dict notes when); forget
-        `key` again when scheduling fails (the broker is away), so that the next event or
-        re-list retries it."""
-        with self._lock:
-            if key in seen:
+            if not _mark(self._memory(uid, name), mark, pod_uid, self._clock()):
                 return
-            if isinstance(seen, dict):
-                seen[key] = self._clock()
-            else:
-                seen.add(key)
         try:
             self._schedule(request)
         except BaseException:
             with self._lock:
-                if isinstance(seen, dict):
-                    seen.pop(key, None)
-                else:
-                    seen.discard(key)
+                memory = self._jobs.get(uid)
+                if memory is not None:
+                    _unmark(memory, mark, pod_uid)
             raise
 
     # -- queue timeout --------------------------------------------------------------------------
@@ -272,29 +284,31 @@ class Reactor:
             return
         with self._lock:
             overdue = [
-                (uid, active)
-                for uid, active in self._active.items()
-                if uid not in self._started
-                and uid not in self._timed_out
-                and uid not in self._suspended
-                and now - active.since >= self._queue_timeout
+                (uid, memory.name)
+                for uid, memory in self._jobs.items()
+                if memory.since is not None
+                and not (memory.started or memory.timed_out or memory.suspended)
+                and now - memory.since >= self._queue_timeout
             ]
-        for uid, active in overdue:
-            request = FinalizeRequest(active.name, uid, 0.0, "queue timeout")
-            self._once(self._timed_out, uid, request)
+        for uid, name in overdue:
+            self._once(uid, name, "timed_out", FinalizeRequest(name, uid, 0.0, "queue timeout"))
 
     def _reask_not_admitted(self, now: float) -> None:
         with self._lock:
             due = [
-                (uid, self._active[uid].name)
-                for uid, asked in self._not_admitted.items()
-                if now - asked >= self._reask and uid in self._active and uid in self._suspended
+                (uid, memory.name)
+                for uid, memory in self._jobs.items()
+                if memory.not_admitted_at is not None
+                and now - memory.not_admitted_at >= self._reask
+                and memory.active
+                and memory.suspended
             ]
         for uid, name in due:
             self._schedule(FinalizeRequest(name, uid, 0.0, "not admitted by Kueue"))
             with self._lock:
-                if uid in self._not_admitted:
-                    self._not_admitted[uid] = now
+                memory = self._jobs.get(uid)
+                if memory is not None and memory.not_admitted_at is not None:
+                    memory.not_admitted_at = now
 
     # -- Kueue Workloads ------------------------------------------------------------------------
 
@@ -308,11 +322,15 @@ class Reactor:
         name, uid = owner
         problem = None if event_type == "DELETED" else kueue.never_admitted(workload)
         with self._lock:
-            if uid not in self._active:  # not one of ours, ended, or its Job not seen yet
-                if problem is None:
-                    self._early.pop(uid, None)
-                else:
-                    self._early[uid] = (name, workload.get("metadata", {}).get("uid", ""))
+            memory = self._jobs.get(uid)
+            if memory is None or not memory.active:  # not ours, ended, or its Job not seen yet
+                if problem is not None:
+                    workload_uid = workload.get("metadata", {}).get("uid", "")
+                    self._memory(uid, name).early_workload = workload_uid
+                elif memory is not None:
+                    memory.early_workload = None
+                    if memory.empty():
+                        del self._jobs[uid]
                 return
         if event_type == "DELETED":
             return
@@ -321,7 +339,7 @@ class Reactor:
             self._evicted(name, uid, workload, *evicted)
         if problem is None:
             with self._lock:
-                self._not_admitted.pop(uid, None)
+                memory.not_admitted_at = None
             return
         log.info("Kueue cannot admit Job %s: %s", name, problem)
         self._not_admissible(name, uid)
@@ -330,24 +348,27 @@ class Reactor:
         """After a (re-)list of the Workloads, with their uids: forget the early ones that are
         gone (Jobs of other installations; ours are taken when their Job is seen)."""
         with self._lock:
-            for uid, (_, workload_uid) in list(self._early.items()):
-                if workload_uid not in present:
-                    del self._early[uid]
+            for uid, memory in list(self._jobs.items()):
+                if memory.early_workload is not None and memory.early_workload not in present:
+                    memory.early_workload = None
+                    if memory.empty():
+                        del self._jobs[uid]
 
     def _not_admissible(self, name: str, uid: str) -> None:
         """Ask for a finalize after the grace period, once (the sweep asks again later while
         Kueue still cannot admit the Job)."""
         request = FinalizeRequest(name, uid, self._grace, "not admitted by Kueue")
-        self._once(self._not_admitted, uid, request)
+        self._once(uid, name, "not_admitted_at", request)
 
     def _evicted(
         self, name: str, uid: str, workload: dict[str, Any], reason: str, message: str
     ) -> None:
         when = kueue.evicted_at(workload)
         with self._lock:
-            if self._evictions.get(uid) == when:
+            memory = self._memory(uid, name)
+            if memory.evicted_at == when:
                 return
-            self._evictions[uid] = when
+            memory.evicted_at = when
         log.info(
             "Kueue evicted Job %s (%s): %s; it waits to be admitted again", name, reason, message
         )
@@ -365,30 +386,33 @@ class Reactor:
             return
         log.info("Job %s could not create its pod: %s", name, event.get("message"))
         request = FinalizeRequest(name, uid, self._grace, "pod not created")
-        self._once(self._not_created, uid, request)
+        self._once(uid, name, "not_created", request)
 
     def on_pod(self, event_type: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata", {})
         pod_uid = meta.get("uid", "")
         labels = meta.get("labels") or {}
         job_name, job_uid = labels.get(JOB_NAME_LABEL), labels.get(CONTROLLER_UID_LABEL)
+        if not job_name or not job_uid:
+            return
         if event_type == "DELETED":
             with self._lock:
-                self._stuck.discard(pod_uid)
-                kept = self._ended_pods.get(job_uid or "")
-                if kept is not None and kept.get("metadata", {}).get("uid") == pod_uid:
-                    del self._ended_pods[job_uid or ""]  # (not a newer pod of the same Job)
-            return
-        if not job_name or not job_uid:
+                memory = self._jobs.get(job_uid)
+                if memory is not None:
+                    memory.stuck_pods.discard(pod_uid)
+                    kept = memory.ended_pod
+                    if kept is not None and kept.get("metadata", {}).get("uid") == pod_uid:
+                        memory.ended_pod = None  # (not a newer pod of the same Job)
             return
         if pod_ended(pod):  # kept until its Job's end is seen, which then needs no pod list
             with self._lock:
-                if job_uid not in self._finishing:
-                    self._ended_pods[job_uid] = pod_snapshot(pod)
+                memory = self._memory(job_uid, job_name)
+                if not memory.finishing:
+                    memory.ended_pod = pod_snapshot(pod)
         if pod_started(pod) and not meta.get("deletionTimestamp"):  # (a preempted pod going)
             with self._lock:
-                first = job_uid not in self._started
-                self._started.add(job_uid)
+                memory = self._memory(job_uid, job_name)
+                first, memory.started = not memory.started, True
             if first:
                 self._on_started(pod)
         stuck = pod_stuck(pod)
@@ -396,7 +420,27 @@ class Reactor:
             return
         log.debug("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
         request = FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name)
-        self._once(self._stuck, pod_uid, request)
+        self._once(job_uid, job_name, "stuck_pods", request, pod_uid)
+
+
+def _mark(memory: JobMemory, mark: str, pod_uid: str, now: float) -> bool:
+    """Set one of the marks that stop a second finalize request; False when it was set."""
+    if mark == "stuck_pods":
+        if pod_uid in memory.stuck_pods:
+            return False
+        memory.stuck_pods.add(pod_uid)
+        return True
+    if getattr(memory, mark) not in (None, False):
+        return False
+    setattr(memory, mark, now if mark == "not_admitted_at" else True)
+    return True
+
+
+def _unmark(memory: JobMemory, mark: str, pod_uid: str) -> None:
+    if mark == "stuck_pods":
+        memory.stuck_pods.discard(pod_uid)
+    else:
+        setattr(memory, mark, None if mark == "not_admitted_at" else False)
 
 
 def _since(job: dict[str, Any]) -> float:
