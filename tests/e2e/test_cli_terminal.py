@@ -119,12 +119,16 @@ def test_submit_wait_shows_progress_then_the_response_and_its_exit_code(
     assert "running" not in tail
 
 
+@pytest.mark.settings(PROGRESS_EXCHANGE_NAME=PROGRESS)
 def test_ctrl_c_stops_waiting_and_leaves_the_task_running(dispatcher: Dispatcher) -> None:
     broker, _ = dispatcher
     task_id = unique("cli-interrupted")
-    session = in_terminal(broker, "submit", "--id", task_id, "--wait", *flags("sleep 8; echo on"))
-    session.read_until(rf"{task_id}: sent")
-    time.sleep(1)
+    session = in_terminal(broker, "submit", "--id", task_id, "--wait", *flags("sleep 15; echo on"))
+    # Typed while the task runs, 15 s before it can end. (Typed after `sent`, as this test once
+    # did, a machine slow enough between the publish and the keystroke let the answer arrive
+    # first, and the command rightly exited with the task's 0.)
+    session.read_until(rf"{task_id}: running on \S+")
+    assert os.waitpid(session.pid, os.WNOHANG) == (0, 0), session.screen
 
     session.type("\x03")  # Ctrl-C, as a person types it
     code = session.wait()
