@@ -57,8 +57,8 @@ demo: venv up  ## bring up the stack, run a worker, dispatch examples/hello.json
 check: lint typecheck  ## static checks: ruff, mypy --strict, import layers
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench scripts $(CHART)/files
-	$(VENV)/bin/ruff format --check src tests bench scripts $(CHART)/files
+	$(VENV)/bin/ruff check src tests harness bench scripts $(CHART)/files
+	$(VENV)/bin/ruff format --check src tests harness bench scripts $(CHART)/files
 	$(VENV)/bin/lint-imports
 
 typecheck: venv

@@ -28,10 +28,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection
-from tests.support.burst import running_pods, sleeper, wait_until
-from tests.support.proxy import Proxy
-from tests.support.stack import (
+from harness.burst import running_pods, sleeper, wait_until
+from harness.proxy import Proxy
+from harness.stack import (
     LOCAL,
     REPO,
     Broker,
@@ -41,6 +40,7 @@ from tests.support.stack import (
     memory_watermark,
     stack_env,
 )
+from kombu import Connection
 
 from dispatcher.errors import InvalidTaskError
 from dispatcher.kube.outcome import RESULT_DELETED_ERROR

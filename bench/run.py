@@ -36,8 +36,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Consumer, Producer, Queue
-from tests.support.burst import (
+from bench.report import markdown_table, rss_kib
+from harness.burst import (
     JobMonitor,
     ideal_makespan,
     node_slots,
@@ -47,7 +47,7 @@ from tests.support.burst import (
     task_queue_depth,
     wait_until,
 )
-from tests.support.stack import (
+from harness.stack import (
     LOCAL,
     Broker,
     Instance,
@@ -58,6 +58,7 @@ from tests.support.stack import (
     running,
     stack_env,
 )
+from kombu import Connection, Consumer, Producer, Queue
 
 from dispatcher.client import AsyncClient
 from dispatcher.config import Settings
@@ -67,13 +68,7 @@ LOG_DIR = LOCAL / "logs" / "bench"
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    cells = [header, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    print(f"\n{title}\n{markdown_table(header, rows)}")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -195,13 +190,6 @@ def bench_e2e() -> None:
         ["tasks at once", "p50 s", "p95 s", "max s", "total s", "tasks/min"],
         rows,
     )
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def threads(pid: int) -> int:

@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib as mpl
-from tests.support.burst import JobMonitor
-from tests.support.stack import (
+from bench.report import markdown_table, rss_kib
+from harness.burst import JobMonitor
+from harness.stack import (
     LOCAL,
     Broker,
     Instance,
@@ -127,13 +128,7 @@ class Row:
 
 
 def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def api_connections(pid: int) -> int:
@@ -466,14 +461,7 @@ def measure(n: int) -> Row:
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> str:
-    cells = [header, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = [f"**{title}**", ""]
-    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in cells[1:]:
-        lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |")
-    return "\n".join(lines)
+    return f"**{title}**\n\n{markdown_table(header, rows)}"
 
 
 def report(rows: list[Row]) -> str:

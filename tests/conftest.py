@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.support.stack import LOCAL, Broker, Instance, Worker, running, stack_env
+from harness.stack import LOCAL, Broker, Instance, Worker, running, stack_env
 
 
 @pytest.fixture(scope="session")

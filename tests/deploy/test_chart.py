@@ -26,10 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from dispatcher.amqp import permissions as amqp_permissions
-from dispatcher.config import Settings
-from tests.support.stack import (
+from harness.stack import (
     LOCAL,
     REPO,
     Broker,
@@ -39,6 +36,9 @@ from tests.support.stack import (
     rabbitmqctl,
     stack_env,
 )
+
+from dispatcher.amqp import permissions as amqp_permissions
+from dispatcher.config import Settings
 
 CHART = REPO / "charts" / "k8s-job-dispatcher"
 LOCAL_VALUES = REPO / "tests" / "deploy" / "local-values.yaml"

@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.stack import LOCAL, REPO, kubectl, kubectl_path, rabbitmqctl, stack_env
 
 from tests.deploy.test_chart import app_version, ctr, drop_finalizer, helm
-from tests.support.stack import LOCAL, REPO, kubectl, kubectl_path, rabbitmqctl, stack_env
 
 pytestmark = pytest.mark.cluster
 

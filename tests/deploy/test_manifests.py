@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.stack import REPO, kubectl, stack_env
 from kombu import Connection, Exchange, Producer, Queue
 
 from dispatcher.config import Settings
 from dispatcher.kube.jobspec import build_job
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import parse_task
-from tests.support.stack import REPO, kubectl, stack_env
 
 pytestmark = pytest.mark.cluster
 SA = "system:serviceaccount:dispatcher:dispatcher"

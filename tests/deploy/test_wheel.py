@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.support.stack import REPO
+from harness.stack import REPO
 
 
 def run(*argv: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

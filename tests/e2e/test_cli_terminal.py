@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from harness.stack import Broker, run_cli, stack_env
 
 from tests.e2e.test_dispatch import Dispatcher
-from tests.support.stack import Broker, run_cli, stack_env
 
 pytestmark = pytest.mark.cluster
 PROGRESS = "e2e.cli.progress"

@@ -6,13 +6,13 @@ import asyncio
 import time
 
 import pytest
+from harness.stack import Broker
 
 from dispatcher.client import AsyncClient, Client
 from dispatcher.config import Settings
 from dispatcher.errors import InvalidTaskError, ResponseTimeout
 from dispatcher.messages.response import Response
 from tests.e2e.test_dispatch import Dispatcher, task
-from tests.support.stack import Broker
 
 pytestmark = pytest.mark.cluster
 PROGRESS = "e2e.client.progress"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.stack import Broker, Worker, kubectl, run_cli, stack_env
 from kombu import Producer
 
 from dispatcher.cli import EXIT_TIMEOUT
-from tests.support.stack import Broker, Worker, kubectl, run_cli, stack_env
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]

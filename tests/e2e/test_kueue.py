@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from tests.support.burst import run_burst
-from tests.support.stack import REPO, Broker, Instance, kubectl, running, stack_env
+from harness.burst import run_burst
+from harness.stack import REPO, Broker, Instance, kubectl, running, stack_env
 
 pytestmark = pytest.mark.cluster
 DOC = REPO / "docs" / "kueue.md"

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.support.burst import JobMonitor, run_burst, sleeper, task_queue_depth, wait_until
-from tests.support.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, run_cli, running
+from harness.burst import JobMonitor, run_burst, sleeper, task_queue_depth, wait_until
+from harness.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, run_cli, running
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]

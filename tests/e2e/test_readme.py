@@ -7,8 +7,7 @@ import re
 import subprocess
 
 import pytest
-
-from tests.support.stack import REPO
+from harness.stack import REPO
 
 pytestmark = pytest.mark.cluster
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.proxy import Proxy
+from harness.stack import REPO, Broker, Instance, Worker, kubectl, running, stack_env
 
 from tests.e2e.test_dispatch import task, wait_for_jobs
-from tests.support.proxy import Proxy
-from tests.support.stack import REPO, Broker, Instance, Worker, kubectl, running, stack_env
 
 pytestmark = pytest.mark.cluster
 

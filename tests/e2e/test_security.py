@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from amqp.exceptions import AccessRefused
+from harness.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, running, stack_env
 from kombu import Connection, Exchange, Producer, Queue
 
 from dispatcher.amqp import permissions
@@ -26,7 +27,6 @@ from dispatcher.client import AsyncClient
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError
 from dispatcher.messages.response import Response
-from tests.support.stack import Broker, Instance, Worker, kubectl, rabbitmqctl, running, stack_env
 
 pytestmark = pytest.mark.cluster
 SIGNING_KEY = "signing-" + secrets.token_hex(16)

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from harness.stack import Broker, kubectl
 from kombu import Exchange, Queue
 
 from tests.e2e.test_dispatch import Dispatcher, task, wait_for_jobs
-from tests.support.stack import Broker, kubectl
 
 pytestmark = pytest.mark.cluster
 

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.stack import Broker, Instance, Worker, rabbitmqctl, running, stack_env
 
 from dispatcher.client import AsyncClient
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError
 from dispatcher.messages.response import Response
-from tests.support.stack import Broker, Instance, Worker, rabbitmqctl, running, stack_env
 
 pytestmark = pytest.mark.cluster
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+from harness.stack import REPO, Broker, kubectl
 
 from tests.e2e.test_dispatch import Dispatcher
-from tests.support.stack import REPO, Broker, kubectl
 
 pytestmark = pytest.mark.cluster
 

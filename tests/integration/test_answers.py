@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from harness.proxy import Proxy
+from harness.stack import Broker, Instance
 from kombu import Connection
 
 from dispatcher.amqp.confirms import PipelinedAnswers
 from dispatcher.config import Settings
 from dispatcher.messages.response import Response
 from dispatcher.messages.route import ReplyRoute
-from tests.support.proxy import Proxy
-from tests.support.stack import Broker, Instance
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from harness.proxy import Proxy
+from harness.stack import Broker, Instance, memory_watermark, rabbitmqctl
 from kombu import Producer
 
 from dispatcher.client import AsyncClient, Client, TaskHandle, aio, sync
 from dispatcher.config import Settings
 from dispatcher.errors import ClientError
-from tests.support.proxy import Proxy
-from tests.support.stack import Broker, Instance, memory_watermark, rabbitmqctl
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 import uuid
 
+from harness.stack import Instance
 from kombu import Connection, Exchange, Producer
 from kombu.transport.native_delayed_delivery import calculate_routing_key
 
 from dispatcher.amqp.declare import declare_all
 from dispatcher.amqp.topology import internal_queue
 from dispatcher.config import Settings
-from tests.support.stack import Instance
 
 DELAYED = Exchange("celery_delayed_27", type="topic", no_declare=True)
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from amqp.exceptions import InternalError
+from harness.stack import REPO, rabbitmqctl, stack_env
 from kombu import Connection, Queue
-
-from tests.support.stack import REPO, rabbitmqctl, stack_env
 
 pytestmark = pytest.mark.cluster
 RUN = Path("/run/dispatcher-stack")

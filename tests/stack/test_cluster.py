@@ -8,11 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
+from harness.stack import kubectl, stack_env
 
 from dispatcher.config import Settings
 from dispatcher.core.preflight import preflight
 from dispatcher.kube.client import KubeClient
-from tests.support.stack import kubectl, stack_env
 
 pytestmark = pytest.mark.cluster
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.support.stack import REPO
+from harness.stack import REPO
 
 
 def test_a_component_that_exits_is_named_with_the_tail_of_its_log(tmp_path: Path) -> None:

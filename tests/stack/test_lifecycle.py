@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.support.stack import REPO, kubectl
+from harness.stack import REPO, kubectl
 
 pytestmark = [pytest.mark.cluster, pytest.mark.restarts_stack]
 

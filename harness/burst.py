@@ -24,7 +24,7 @@ from dispatcher.config import Settings
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.conventions import label_selector
 from dispatcher.kube.outcome import job_finished
-from tests.support.stack import Broker, Worker, kubectl, stack_env
+from harness.stack import Broker, Worker, kubectl, stack_env
 
 
 class JobMonitor:

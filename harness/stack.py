@@ -26,7 +26,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from dispatcher.config import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / ".local"
 
 
