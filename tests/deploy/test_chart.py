@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.monitoring import RULES, RULES_JOB, promtool
 from harness.stack import (
     LOCAL,
     REPO,
@@ -119,6 +120,16 @@ def test_helm_lint_passes(values: list[str]) -> None:
             ["--set", "settings.JOB_NAMESPACE=elsewhere"],
             "settings.JOB_NAMESPACE: the chart sets it from its values",
             id="derived-setting",
+        ),
+        pytest.param(
+            ["--set", "metrics.prometheusRule.thresholds.queueDepth=5"],
+            "at '/metrics/prometheusRule/thresholds': additional properties 'queueDepth' not",
+            id="threshold-name",
+        ),
+        pytest.param(
+            ["--set", "metrics.prometheusRule.thresholds.taskQueueFor=15 minutes"],
+            "at '/metrics/prometheusRule/thresholds/taskQueueFor'",
+            id="threshold-duration",
         ),
     ],
 )
@@ -229,6 +240,58 @@ def test_optional_objects_follow_their_toggles(args: list[str], kinds: list[str]
     documents = template(*EXTERNAL, *args)
     optional = sorted(d["kind"] for d in documents if d["kind"] not in always)
     assert optional == kinds
+
+
+def prometheus_rule(*args: str) -> dict[str, Any]:
+    (rule,) = by_kind(
+        template(*EXTERNAL, "--set", "metrics.prometheusRule.enabled=true", *args), "PrometheusRule"
+    )
+    return rule
+
+
+def test_the_prometheus_rule_is_the_rules_file_as_it_is_by_default() -> None:
+    rule = prometheus_rule()
+
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())  # the job is dispatcher-metrics
+
+
+def test_the_prometheus_rule_takes_the_releases_job_thresholds_and_rules(tmp_path: Path) -> None:
+    own = {"alert": "BatchTeamOwnAlert", "expr": "vector(1)", "labels": {"team": "batch"}}
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "name": "batch",
+                "metrics": {
+                    "prometheusRule": {
+                        "thresholds": {"taskQueueMessages": 500, "taskQueueFor": "1h"},
+                        "rules": [own],
+                    }
+                },
+            }
+        )
+    )
+    expected = yaml.safe_load(
+        RULES.read_text()
+        .replace(f'job="{RULES_JOB}"', 'job="batch-metrics"')
+        .replace("> 100  # threshold: taskQueueMessages", "> 500  # threshold: taskQueueMessages")
+        .replace("for: 15m  # threshold: taskQueueFor", "for: 1h")
+        .replace("> 0.1  # threshold: answerErrorRatio", "> 0.25  # threshold: answerErrorRatio")
+    )
+    expected["groups"][0]["rules"].append(own)
+
+    rule = prometheus_rule(
+        "--values", str(values), "--set", "metrics.prometheusRule.thresholds.answerErrorRatio=0.25"
+    )
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+
+    assert rule["spec"] == expected
+    checked = promtool("check", "rules", str(rendered))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert prometheus_rule("--set", "metrics.prometheusRule.job=kubernetes-pods")["spec"] == (
+        yaml.safe_load(RULES.read_text().replace(f'job="{RULES_JOB}"', 'job="kubernetes-pods"'))
+    )
 
 
 # --- on the local stack ---------------------------------------------------------------------
