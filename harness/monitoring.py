@@ -1,5 +1,5 @@
-"""What the alert and monitoring tests share: the chart's rules file, the sample names a worker
-serves, and Debian's Prometheus tools.
+"""What the alert, dashboard and monitoring tests share: the chart's rules file and dashboard, the
+sample names a worker serves, and Debian's Prometheus tools.
 
 promtool and prometheus come with Debian's `prometheus` package, which stack/install-deps.sh
 installs (CI runs it): a test that needs them fails, naming the package, rather than being
@@ -7,9 +7,11 @@ skipped and passing unchecked."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ from dispatcher.worker.metrics import Metrics
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "k8s-job-dispatcher"
 RULES = CHART / "files" / "alerts.yaml"
+DASHBOARD = CHART / "files" / "dashboard.json"
 RULES_JOB = "dispatcher-metrics"
 """The scrape job the rules file reads (the chart writes its own in its place)."""
 
@@ -52,3 +55,13 @@ def served() -> set[str]:
         for metric in Metrics().registry.collect()
         for suffix in suffixes.get(metric.type, ("",))
     }
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """The dashboard's panels (not its rows)."""
+    return [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["type"] != "row"]
+
+
+def as_prometheus_runs_it(expr: str, job: str, rate_interval: str = "1m") -> str:
+    """A panel's query with Grafana's variables replaced as Grafana would."""
+    return expr.replace("$job", job).replace("$__rate_interval", rate_interval)

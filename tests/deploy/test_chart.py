@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness.monitoring import RULES, RULES_JOB, promtool
+from harness.monitoring import DASHBOARD, RULES, RULES_JOB, promtool
 from harness.stack import (
     LOCAL,
     REPO,
@@ -292,6 +292,31 @@ def test_the_prometheus_rule_takes_the_releases_job_thresholds_and_rules(tmp_pat
     assert prometheus_rule("--set", "metrics.prometheusRule.job=kubernetes-pods")["spec"] == (
         yaml.safe_load(RULES.read_text().replace(f'job="{RULES_JOB}"', 'job="kubernetes-pods"'))
     )
+
+
+def test_the_dashboard_is_a_config_map_for_grafanas_sidecar_when_asked_for() -> None:
+    def dashboards(*args: str) -> list[dict[str, Any]]:
+        documents = template(*EXTERNAL, *args)
+        return [
+            d
+            for d in by_kind(documents, "ConfigMap")
+            if d["metadata"]["name"].endswith("-dashboard")
+        ]
+
+    (config_map,) = dashboards(
+        "--set", "metrics.dashboard.enabled=true",
+        "--set", "metrics.dashboard.annotations.grafana_folder=Dispatcher",
+        "--set", "metrics.dashboard.namespace=monitoring",
+    )  # fmt: skip
+    meta = config_map["metadata"]
+
+    assert (meta["name"], meta["namespace"]) == ("dispatcher-dashboard", "monitoring")
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["annotations"] == {"grafana_folder": "Dispatcher"}
+    assert json.loads(config_map["data"]["k8s-job-dispatcher.json"]) == json.loads(
+        DASHBOARD.read_text()
+    )
+    assert dashboards() == []
 
 
 # --- on the local stack ---------------------------------------------------------------------
