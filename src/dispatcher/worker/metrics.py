@@ -66,7 +66,7 @@ class Metrics:
         )
         self.jobs_unanswered = Gauge(
             "dispatcher_jobs_unanswered",
-            "Jobs that ended (or are being deleted) whose answer has not been published yet.",
+            "Jobs that ended (or are being deleted) and are not marked answered yet.",
             registry=r,
         )
         self.oldest_unanswered = Gauge(
