@@ -1,5 +1,8 @@
 """Write the kustomize base (manifests/base) from the Helm chart, so that the two cannot drift:
 `helm template` of charts/k8s-job-dispatcher with ci/base-values.yaml, one file per template.
+The component manifests/components/monitoring is the same rendering's monitoring objects (the
+metrics Service, ServiceMonitor, PrometheusRule of files/alerts.yaml, and the dashboard's
+ConfigMap), turned on with MONITORING; its kustomization.yaml is kustomize's own.
 
 What stays kustomize's own is in manifests/base/kustomization.yaml: the Secrets generated from
 amqp.env and definitions.json, and the settings ConfigMap, generated from settings.env (which
@@ -7,7 +10,7 @@ this script writes from the chart's ConfigMap) so that its name carries a hash o
 and overlays can merge settings into it; that hash rolls the pods where the chart's checksum
 annotations do, so those are left out of the base.
 
-    python scripts/render_base.py          # write manifests/base
+    python scripts/render_base.py          # write manifests/base and the monitoring component
     python scripts/render_base.py --check  # exit 1, naming the files, if they differ
 """
 
@@ -23,7 +26,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "k8s-job-dispatcher"
-BASE = REPO / "manifests" / "base"
+MANIFESTS = REPO / "manifests"
+BASE = MANIFESTS / "base"
+MONITORING = MANIFESTS / "components" / "monitoring"
+MONITORING_VALUES = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "metrics.dashboard.enabled=true",
+)
+MONITORING_TEMPLATES = ("metrics.yaml", "dashboard.yaml")
 HEADER = (
     "# Rendered from charts/k8s-job-dispatcher with ci/base-values.yaml by `make manifests`\n"
     "# (scripts/render_base.py): change the chart, not this file.\n"
@@ -35,11 +46,12 @@ CHECKSUMS = re.compile(
 )
 
 
-def helm_template() -> str:
+def helm_template(*sets: str) -> str:
     return subprocess.run(
         [
             *("bash", str(REPO / "stack" / "helm.sh"), "template", "k8s-job-dispatcher"),
             *(str(CHART), "--values", str(CHART / "ci" / "base-values.yaml")),
+            *(arg for value in sets for arg in ("--set", value)),
         ],
         capture_output=True,
         text=True,
@@ -66,19 +78,22 @@ def settings_env(documents: list[str]) -> str:
     )
 
 
-def render() -> dict[str, str]:
-    """File name in manifests/base → its content."""
+def render() -> dict[Path, str]:
+    """File in manifests/base or the monitoring component → its content."""
     files = {}
     for template, documents in split(helm_template()).items():
         if template == "settings.yaml":
-            files["settings.env"] = settings_env(documents)
+            files[BASE / "settings.env"] = settings_env(documents)
             continue
         text = HEADER + "---\n".join(documents)
         if template == "dispatcher.yaml":
             text, found = CHECKSUMS.subn("", text)
             if found != 1:
                 raise SystemExit("render_base: the Deployment's checksum annotations changed")
-        files[template] = text
+        files[BASE / template] = text
+    monitoring = split(helm_template(*MONITORING_VALUES))
+    for template in MONITORING_TEMPLATES:
+        files[MONITORING / template] = HEADER + "---\n".join(monitoring[template])
     return files
 
 
@@ -88,18 +103,22 @@ def main() -> int:
     args = parser.parse_args()
     files = render()
     if args.check:
-        stale = [name for name, text in files.items() if _read(BASE / name) != text]
+        stale = [_name(path) for path, text in files.items() if _read(path) != text]
         if stale:
             sys.stderr.write(
-                f"manifests/base differs from the chart's rendering: {', '.join(stale)}; "
+                f"manifests/ differs from the chart's rendering: {', '.join(stale)}; "
                 "run `make manifests`\n"
             )
             return 1
         return 0
-    for name, text in files.items():
-        (BASE / name).write_text(text)
-    sys.stdout.write(f"render_base: wrote {', '.join(sorted(files))} in {BASE.relative_to(REPO)}\n")
+    for path, text in files.items():
+        path.write_text(text)
+    sys.stdout.write(f"render_base: wrote {', '.join(sorted(map(_name, files)))}\n")
     return 0
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(MANIFESTS))
 
 
 def _read(path: Path) -> str | None:

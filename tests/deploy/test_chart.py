@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.monitoring import DASHBOARD, RULES, RULES_JOB, promtool
 from harness.stack import (
     LOCAL,
     REPO,
@@ -119,6 +120,16 @@ def test_helm_lint_passes(values: list[str]) -> None:
             ["--set", "settings.JOB_NAMESPACE=elsewhere"],
             "settings.JOB_NAMESPACE: the chart sets it from its values",
             id="derived-setting",
+        ),
+        pytest.param(
+            ["--set", "metrics.prometheusRule.thresholds.queueDepth=5"],
+            "at '/metrics/prometheusRule/thresholds': additional properties 'queueDepth' not",
+            id="threshold-name",
+        ),
+        pytest.param(
+            ["--set", "metrics.prometheusRule.thresholds.taskQueueFor=15 minutes"],
+            "at '/metrics/prometheusRule/thresholds/taskQueueFor'",
+            id="threshold-duration",
         ),
     ],
 )
@@ -229,6 +240,83 @@ def test_optional_objects_follow_their_toggles(args: list[str], kinds: list[str]
     documents = template(*EXTERNAL, *args)
     optional = sorted(d["kind"] for d in documents if d["kind"] not in always)
     assert optional == kinds
+
+
+def prometheus_rule(*args: str) -> dict[str, Any]:
+    (rule,) = by_kind(
+        template(*EXTERNAL, "--set", "metrics.prometheusRule.enabled=true", *args), "PrometheusRule"
+    )
+    return rule
+
+
+def test_the_prometheus_rule_is_the_rules_file_as_it_is_by_default() -> None:
+    rule = prometheus_rule()
+
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())  # the job is dispatcher-metrics
+
+
+def test_the_prometheus_rule_takes_the_releases_job_thresholds_and_rules(tmp_path: Path) -> None:
+    own = {"alert": "BatchTeamOwnAlert", "expr": "vector(1)", "labels": {"team": "batch"}}
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "name": "batch",
+                "metrics": {
+                    "prometheusRule": {
+                        "thresholds": {"taskQueueMessages": 500, "taskQueueFor": "1h"},
+                        "rules": [own],
+                    }
+                },
+            }
+        )
+    )
+    expected = yaml.safe_load(
+        RULES.read_text()
+        .replace(f'job="{RULES_JOB}"', 'job="batch-metrics"')
+        .replace("> 100  # threshold: taskQueueMessages", "> 500  # threshold: taskQueueMessages")
+        .replace("for: 15m  # threshold: taskQueueFor", "for: 1h")
+        .replace("> 0.1  # threshold: answerErrorRatio", "> 0.25  # threshold: answerErrorRatio")
+    )
+    expected["groups"][0]["rules"].append(own)
+
+    rule = prometheus_rule(
+        "--values", str(values), "--set", "metrics.prometheusRule.thresholds.answerErrorRatio=0.25"
+    )
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump(rule["spec"]))
+
+    assert rule["spec"] == expected
+    checked = promtool("check", "rules", str(rendered))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert prometheus_rule("--set", "metrics.prometheusRule.job=kubernetes-pods")["spec"] == (
+        yaml.safe_load(RULES.read_text().replace(f'job="{RULES_JOB}"', 'job="kubernetes-pods"'))
+    )
+
+
+def test_the_dashboard_is_a_config_map_for_grafanas_sidecar_when_asked_for() -> None:
+    def dashboards(*args: str) -> list[dict[str, Any]]:
+        documents = template(*EXTERNAL, *args)
+        return [
+            d
+            for d in by_kind(documents, "ConfigMap")
+            if d["metadata"]["name"].endswith("-dashboard")
+        ]
+
+    (config_map,) = dashboards(
+        "--set", "metrics.dashboard.enabled=true",
+        "--set", "metrics.dashboard.annotations.grafana_folder=Dispatcher",
+        "--set", "metrics.dashboard.namespace=monitoring",
+    )  # fmt: skip
+    meta = config_map["metadata"]
+
+    assert (meta["name"], meta["namespace"]) == ("dispatcher-dashboard", "monitoring")
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["annotations"] == {"grafana_folder": "Dispatcher"}
+    assert json.loads(config_map["data"]["k8s-job-dispatcher.json"]) == json.loads(
+        DASHBOARD.read_text()
+    )
+    assert dashboards() == []
 
 
 # --- on the local stack ---------------------------------------------------------------------
@@ -356,10 +444,13 @@ def sleeper(task_id: str, seconds: float) -> dict[str, Any]:
 
 @pytest.mark.cluster
 def test_the_rendering_is_accepted_by_the_api_server(release: Release) -> None:
-    """Everything the chart renders for the local stack, its uninstall hook too, validated by a
-    server-side dry run (the namespaces made for real first: a dry run refuses objects in a
-    namespace that does not exist yet)."""
-    documents = template("--values", str(LOCAL_VALUES), "--values", str(release.values))
+    """Everything the chart renders for the local stack, its uninstall hook and the dashboard's
+    ConfigMap too, validated by a server-side dry run (the namespaces made for real first: a dry
+    run refuses objects in a namespace that does not exist yet)."""
+    documents = template(
+        "--values", str(LOCAL_VALUES), "--values", str(release.values),
+        "--set", "metrics.dashboard.enabled=true",  # (the stack has no Prometheus Operator CRDs)
+    )  # fmt: skip
     namespaces = by_kind(documents, "Namespace")
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(namespaces))
     try:

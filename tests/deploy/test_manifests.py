@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.monitoring import RULES
 from harness.stack import REPO, kubectl, stack_env
 from kombu import Connection, Exchange, Producer, Queue
 
@@ -117,6 +118,44 @@ def test_the_local_overlay_is_accepted_by_the_api_server(manifests: Path) -> Non
     documents = render(manifests / "overlays" / "local")
     assert not [d for d in documents if d["kind"] == "StatefulSet"]
     result = dry_run(documents)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_monitoring_component_adds_the_charts_metrics_service_rules_and_dashboard(
+    manifests: Path,
+) -> None:
+    overlay = manifests / "overlays" / "with-monitoring"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["../../base"],
+                "components": ["../../components/monitoring"],
+            }
+        )
+    )
+    base = render(manifests / "base")
+    documents = render(overlay)
+    added = {f"{d['kind']}/{d['metadata']['name']}": d for d in documents if d not in base}
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]
+
+    assert sorted(added) == [
+        "ConfigMap/dispatcher-dashboard",
+        "PrometheusRule/dispatcher",
+        "Service/dispatcher-metrics",
+        "ServiceMonitor/dispatcher",
+    ]
+    assert added["PrometheusRule/dispatcher"]["spec"] == yaml.safe_load(RULES.read_text())
+    service = added["Service/dispatcher-metrics"]["spec"]
+    assert service["selector"].items() <= pod["metadata"]["labels"].items()
+    ports = [port["name"] for port in pod["spec"]["containers"][0]["ports"]]
+    assert service["ports"][0]["targetPort"] in ports
+    core = [added["Service/dispatcher-metrics"], added["ConfigMap/dispatcher-dashboard"]]
+    namespaces = [d for d in documents if d["kind"] == "Namespace"]
+    result = dry_run(namespaces + core)  # (the stack has no Prometheus Operator CRDs)
     assert result.returncode == 0, result.stderr
 
 

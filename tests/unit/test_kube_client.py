@@ -1,6 +1,6 @@
 """The Kubernetes client tells of every request it makes, by verb and resource with the seconds
-it took (failed ones too), and lists page by page (against an in-process HTTP transport: no
-cluster)."""
+it took (failed ones too), and of each one the API server turned away with 429; it lists page by
+page (against an in-process HTTP transport: no cluster)."""
 
 from __future__ import annotations
 
@@ -128,3 +128,27 @@ def test_a_local_queue_is_read_by_name_and_a_missing_one_is_none() -> None:
 
     assert kube.get_object("localqueues", "team-a") == {"metadata": {"name": "team-a"}}
     assert kube.get_object("localqueues", "team-b") is None
+
+
+def test_a_request_turned_away_with_429_is_told_as_throttled() -> None:
+    throttled: list[str] = []
+
+    def busy(request: httpx2.Request) -> httpx2.Response:
+        if request.url.params.get("watch") or request.url.path.endswith("/jobs/t-2"):
+            return httpx2.Response(500, json={"message": "etcd is away"})
+        return httpx2.Response(429, json={"message": "too many requests, please try again"})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(busy), base_url="https://api.test")
+    kube = KubeClient(http, "ns")
+    kube.on_throttled = lambda: throttled.append("429")
+
+    with pytest.raises(TransientKubeError, match="HTTP 429"):
+        kube.get_job("t-1")
+    with pytest.raises(TransientKubeError, match="HTTP 429"):
+        kube.read_log("t-1-x", "task", 100)  # a streamed request
+    with pytest.raises(TransientKubeError, match="HTTP 500"):
+        kube.get_job("t-2")
+    with pytest.raises(TransientKubeError, match="HTTP 500"):
+        list(kube.watch_objects("jobs", "a=b", "7", 5))
+
+    assert throttled == ["429", "429"]

@@ -19,6 +19,7 @@ from tests.unit.fakes import (
     PULL_MESSAGE,
     RUNNING,
     T0,
+    T1,
     TASK,
     UNSCHEDULABLE,
     FakeKube,
@@ -536,3 +537,65 @@ def test_the_copy_of_an_ended_pod_is_dropped_when_a_relist_misses_its_job() -> N
 
     assert before == 1
     assert react.remembered() == 0
+
+
+# --- ended Jobs waiting for their answer ------------------------------------------------------
+
+
+def test_an_ended_job_is_unanswered_from_its_end_until_its_answer_shows() -> None:
+    react, _ = reactor()
+    running, ended, seen_again = job_states(RUNNING, COMPLETE, COMPLETE)
+    react.on_job("ADDED", running)
+    assert react.unanswered() == []
+
+    react.on_job("MODIFIED", ended)
+    react.on_job("MODIFIED", seen_again)  # e.g. finalize's claim: the same end
+    assert react.unanswered() == [datetime.fromisoformat(T1).timestamp()]  # its condition's time
+
+    react.on_job("MODIFIED", answered_job())
+    assert react.unanswered() == []
+
+
+def test_a_job_that_ended_while_nobody_watched_counts_from_its_own_end() -> None:
+    react, _ = reactor()
+    (job,) = job_states(FAILED)
+
+    react.on_job("LISTED", job)
+
+    assert react.unanswered() == [datetime.fromisoformat(T1).timestamp()]
+
+
+def test_a_job_deleted_unanswered_counts_from_its_deletion_until_it_is_gone() -> None:
+    react, _ = reactor()
+    kube = FakeKube()
+    job = create_job_for(kube)
+    react.on_job("ADDED", job)
+    kube.delete_job("t-1")  # held by the dispatcher's finalizer until it is answered
+    terminating = kube.get_job("t-1")
+    assert terminating is not None
+
+    react.on_job("MODIFIED", terminating)
+    assert react.unanswered() == [datetime.fromisoformat(T0).timestamp()]
+    react.on_job("DELETED", terminating)
+    assert react.unanswered() == []
+
+
+def test_an_ended_job_without_a_time_counts_from_when_it_was_seen() -> None:
+    react = Reactor(lambda request: None, stuck_grace_seconds=GRACE, clock=lambda: 1234.0)
+    (job,) = job_states(COMPLETE)
+    for item in job["status"]["conditions"]:
+        del item["lastTransitionTime"]
+
+    react.on_job("MODIFIED", job)
+
+    assert react.unanswered() == [1234.0]
+
+
+def test_a_relist_forgets_an_unanswered_job_that_is_gone() -> None:
+    react, _ = reactor()
+    (job,) = job_states(COMPLETE)
+    react.on_job("MODIFIED", job)
+
+    react.jobs_listed(set())
+
+    assert react.unanswered() == []

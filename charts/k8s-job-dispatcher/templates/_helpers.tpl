@@ -98,3 +98,24 @@ YAML numbers reach templates as floats). */}}
 {{- end -}}
 {{- toYaml $all -}}
 {{- end }}
+
+{{/* files/alerts.yaml (one group) with this release's scrape job in place of
+"dispatcher-metrics", each value marked `# threshold: NAME` replaced by
+metrics.prometheusRule.thresholds.NAME, and metrics.prometheusRule.rules added to the group. */}}
+{{- define "kjd.alertRules" -}}
+{{- $p := .Values.metrics.prometheusRule -}}
+{{- $text := .Files.Get "files/alerts.yaml" -}}
+{{- $job := $p.job | default (printf "%s-metrics" .Values.name) -}}
+{{- $text = $text | replace "job=\"dispatcher-metrics\"" (printf "job=%q" $job) -}}
+{{- range $name, $value := $p.thresholds -}}
+{{- $marker := printf "(?m)\\S+(\\s+# threshold: %s)$" $name -}}
+{{- if not (regexMatch $marker $text) -}}
+{{- fail (printf "metrics.prometheusRule.thresholds.%s: files/alerts.yaml marks no such threshold" $name) -}}
+{{- end -}}
+{{- $text = regexReplaceAll $marker $text (printf "%v${1}" $value) -}}
+{{- end -}}
+{{- $rules := fromYaml $text -}}
+{{- $group := index $rules.groups 0 -}}
+{{- $_ := set $group "rules" (concat $group.rules $p.rules) -}}
+{{- toYaml $rules -}}
+{{- end }}

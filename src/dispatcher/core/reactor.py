@@ -14,13 +14,16 @@ With Kueue, a suspended Job waits for admission: it is queued, never swept for i
 finalize after the grace period.
 
 The active Jobs (seen, not yet ended) are what `MAX_ACTIVE_JOBS` counts; a re-list replaces them
-with what the API server holds, so a missed deletion cannot keep a Job counted forever.
+with what the API server holds, so a missed deletion cannot keep a Job counted forever. A Job that
+ended (or is being deleted) is remembered with when it ended until its answer shows on it, so that
+operators can see answers that are late (`unanswered`).
 
 Per Job one record (`JobMemory`, keyed by the Job's uid) holds all the reactor knows of it: its
 name and when it was let start, whether its pod has a node, which finalize requests were made,
-and, for a Job whose pod ended but whose own end was not seen yet, a small copy of that pod (the
-request to finalize an ended Job carries the Job and its pod as the watches showed them, so
-answering it reads neither again). A few hundred bytes; forgetting a Job is one deletion.
+when it ended while it waits for its answer, and, for a Job whose pod ended but whose own end was
+not seen yet, a small copy of that pod (the request to finalize an ended Job carries the Job and
+its pod as the watches showed them, so answering it reads neither again). A few hundred bytes;
+forgetting a Job is one deletion.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dispatcher.kube.conventions import (
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
 )
-from dispatcher.kube.outcome import job_finished, pod_ended, pod_started, pod_stuck
+from dispatcher.kube.outcome import job_ended_at, job_finished, pod_ended, pod_started, pod_stuck
 from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class JobMemory:
     # Kueue can never admit it but the Job was not seen yet (the watches are separate streams):
     # the Workload's uid; handed to finalize when the Job is seen
     early_workload: str | None = None
+    ended_at: float | None = None  # ended or being deleted, its answer not seen yet: when, POSIX s
 
     @property
     def active(self) -> bool:
@@ -168,6 +172,13 @@ class Reactor:
             ]
         return sorted(views, key=lambda view: view.since)
 
+    def unanswered(self) -> list[float]:
+        """When each Job that ended, or is being deleted, without its answer showing on it yet
+        ended (POSIX seconds), oldest first. Finalize answers within seconds; a Job that stays
+        here long is one whose answer cannot be published or recorded."""
+        with self._lock:
+            return sorted(m.ended_at for m in self._jobs.values() if m.ended_at is not None)
+
     def jobs_listed(self, present: set[str]) -> None:
         """After a (re-)list, with the uids of the Jobs it held: forget every other Job, so a
         missed deletion neither keeps a Job counted as active nor its uid remembered forever.
@@ -205,7 +216,7 @@ class Reactor:
                 self._schedule(FinalizeRequest(name, uid, 0.0, why, dict(annotations)))
             return
         if RESPONDED_ANNOTATION in annotations:
-            self._end(uid)
+            self._end(uid, name, None)
             kept = job_finished(job)  # left to its TTL (the idempotency window, or none)
             held = ANSWER_FINALIZER in (meta.get("finalizers") or [])
             if event_type == "LISTED" and (held or not kept):  # a crash cut its release short
@@ -213,7 +224,7 @@ class Reactor:
                 self._once(uid, name, "finishing", FinalizeRequest(name, uid, 0.0, why))
             return
         if meta.get("deletionTimestamp"):  # deleted unanswered: our finalizer holds it for us
-            self._end(uid)
+            self._end(uid, name, self._posix(meta["deletionTimestamp"]))
             why = "deleted before it was answered"
             request = FinalizeRequest(name, uid, 0.0, why, job=job_snapshot(job))
             self._once(uid, name, "finishing", request)
@@ -221,7 +232,7 @@ class Reactor:
         if not job_finished(job):
             self._track(uid, name, job)
             return
-        pod = self._end(uid)
+        pod = self._end(uid, name, self._posix(job_ended_at(job)))
         request = FinalizeRequest(name, uid, 0.0, "job ended", job=job_snapshot(job), pod=pod)
         self._once(uid, name, "finishing", request)
 
@@ -246,15 +257,27 @@ class Reactor:
         if early is not None and suspended:
             self._not_admissible(name, uid)
 
-    def _end(self, uid: str) -> dict[str, Any] | None:
-        """The Job ended (or is going): no longer active; its ended pod, if one was kept."""
+    def _end(self, uid: str, name: str, ended_at: float | None) -> dict[str, Any] | None:
+        """The Job ended (or is going): no longer active; its ended pod, if one was kept. Until
+        its answer shows (`ended_at` None) it is remembered with when it ended (the first time
+        told: a later event of the same end does not make it younger)."""
         with self._lock:
             memory = self._jobs.get(uid)
             if memory is None:
-                return None
+                if ended_at is None:
+                    return None
+                memory = self._jobs[uid] = JobMemory(name)
             pod = memory.ended_pod
             memory.end()
+            memory.ended_at = None if ended_at is None else (memory.ended_at or ended_at)
             return pod
+
+    def _posix(self, when: str | None) -> float:
+        """An RFC 3339 time of the API server in POSIX seconds; now when it gave none."""
+        try:
+            return datetime.fromisoformat(str(when)).timestamp()
+        except ValueError:
+            return self._clock()
 
     def _once(
         self, uid: str, name: str, mark: str, request: FinalizeRequest, pod_uid: str = ""

@@ -121,6 +121,8 @@ class KubeClient:
         self.namespace = namespace
         self._field_manager = field_manager
         self.on_request: RequestObserver = on_request or (lambda verb, resource, seconds: None)
+        # told of every request the API server turned away with 429 Too Many Requests
+        self.on_throttled: Callable[[], None] = lambda: None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KubeClient:
@@ -165,8 +167,13 @@ class KubeClient:
         except httpx2.RequestError as exc:  # transport failures and undecodable bodies
             raise TransientKubeError(f"{action}: {type(exc).__name__}: {exc}") from exc
         if response.is_error:
-            raise error_from_response(response, action)
+            raise self._failure(response, action)
         return response
+
+    def _failure(self, response: httpx2.Response, action: str) -> KubeError:
+        if response.status_code == 429:
+            self.on_throttled()
+        return error_from_response(response, action)
 
     def _json(self, method: str, path: str, action: str, **kwargs: Any) -> KubeObject:
         data: KubeObject = self._call(method, path, action, **kwargs).json()
@@ -333,7 +340,7 @@ class KubeClient:
             try:
                 if response.is_error:
                     response.read()
-                    raise error_from_response(response, action)
+                    raise self._failure(response, action)
                 yield response
             finally:
                 response.close()

@@ -75,6 +75,15 @@ def job_finished(job: Mapping[str, Any]) -> bool:
     return any(condition(job, kind) is not None for kind in ("Complete", "Failed"))
 
 
+def job_ended_at(job: Mapping[str, Any]) -> str | None:
+    """When the Job's ``Complete`` or ``Failed`` condition became true (RFC 3339), if it says."""
+    for kind in ("Complete", "Failed"):
+        ended = condition(job, kind)
+        if ended is not None and ended.get("lastTransitionTime"):
+            return str(ended["lastTransitionTime"])
+    return None
+
+
 def job_failure_reason(job: Mapping[str, Any]) -> str | None:
     """The reason of the Job's ``Failed`` condition (e.g. DeadlineExceeded, PodFailurePolicy)."""
     failed = condition(job, "Failed")

@@ -28,6 +28,9 @@ RESUME_ATTEMPTS = 3
 """A watch stream cut by a transient error is resumed from the last resourceVersion this many
 times in a row (after RESUME_DELAY_SECONDS, doubling) before the watcher lists everything again."""
 RESUME_DELAY_SECONDS = 1.0
+RESTART_REASONS = ("resumed", "error", "expired")
+"""What `on_restart` is told: a cut stream resumed, a failure (listed again after a backoff), or
+a resourceVersion too old (listed again at once)."""
 
 
 class WatchExpiredError(Exception):

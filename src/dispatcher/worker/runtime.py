@@ -36,6 +36,7 @@ class Runtime:
         self.watchers: list[Watcher] = []
         self.reactor: Reactor | None = None  # set by the watch bootstep
         self.admission = Admission(settings.max_active_jobs, self.active_jobs)
+        self.metrics.track_readiness(self.not_ready)
 
     def active_jobs(self) -> int | None:
         """Active Jobs of the installation, or None until the Job watch has listed them."""
@@ -60,6 +61,7 @@ class Runtime:
         client.on_request = lambda verb, resource, seconds: requests.labels(verb, resource).observe(
             seconds
         )
+        client.on_throttled = self.metrics.kube_throttled.inc
         return client
 
     def connect_kube(self) -> KubeClient:

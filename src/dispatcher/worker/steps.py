@@ -22,7 +22,7 @@ from dispatcher.amqp.topology import FINALIZE_TASK
 from dispatcher.core import tombstones
 from dispatcher.core.reactor import FinalizeRequest, Reactor
 from dispatcher.kube.conventions import label_selector
-from dispatcher.kube.watcher import Handler, Watcher
+from dispatcher.kube.watcher import RESTART_REASONS, Handler, Watcher
 from dispatcher.worker.health import HealthServer
 from dispatcher.worker.runtime import Runtime
 
@@ -88,7 +88,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             ).inc(),
         )
         runtime.reactor = reactor
-        runtime.metrics.track_jobs(reactor.active_jobs, reactor.waiting_jobs)
+        runtime.metrics.track_jobs(reactor)
         selector = label_selector(settings.dispatcher_name)
         restarts = runtime.metrics.watch_restarts
         watches: list[tuple[str, str, str, Handler, Callable[[set[str]], None] | None]] = [
@@ -103,6 +103,9 @@ class JobWatchStep(bootsteps.StartStopStep):
 
             def count_restart(reason: str, kind: str = kind) -> None:
                 restarts.labels(kind, reason).inc()
+
+            for reason in RESTART_REASONS:  # served at 0 from the start
+                restarts.labels(kind, reason)
 
             watcher = Watcher(
                 runtime.kube,
