@@ -139,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._task(match[1])
         elif path == "/status.json":
             self._json(200, self.overview().to_json())
+        elif path == "/favicon.ico":  # asked by every browser: nothing, rather than a 404
+            self._send(204, b"", "image/x-icon")
         else:
             name = "index.html" if path == "/" or match else path.removeprefix("/static/")
             if path.startswith("/static/") and name not in _ASSETS:
