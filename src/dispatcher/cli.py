@@ -478,16 +478,17 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     except KubeError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    show = _task_view if args.id else _overview_view
     try:
-        show = _task_view if args.id else _overview_view
         while True:
-            code = show(args, settings, kube)
+            try:
+                code = show(args, settings, kube)
+            except KubeError as exc:  # watching, the next view may do better
+                print(f"dispatcher: {exc}", file=sys.stderr)
+                code = EXIT_ERROR_RESPONSE
             if not args.watch:
                 return code
             time.sleep(args.interval)
-    except KubeError as exc:
-        print(f"dispatcher: {exc}", file=sys.stderr)
-        return EXIT_ERROR_RESPONSE
     finally:
         kube.close()
 

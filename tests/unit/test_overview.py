@@ -6,6 +6,9 @@ import dataclasses
 import json
 from datetime import UTC, datetime
 
+from amqp.exceptions import NotFound
+
+from dispatcher.amqp.depth import AmqpQueueProbe
 from dispatcher.core.overview import QueueDepth, collect_overview
 from dispatcher.core.status_text import overview_text, task_text
 from dispatcher.core.taskview import read_task
@@ -210,3 +213,54 @@ def test_running_job_status_has_no_end() -> None:
     assert view is not None
     assert view.state == "running"
     assert [step.what for step in view.steps] == ["created", "scheduled", "started"]
+
+
+class FakeChannel:
+    def __init__(self, queues: dict[str, tuple[int, int]]) -> None:
+        self._queues = queues
+
+    def queue_declare(self, queue: str, passive: bool) -> tuple[str, int, int]:
+        assert passive  # a look, never a declaration
+        if queue not in self._queues:
+            raise NotFound(f"NOT_FOUND - no queue '{queue}' in vhost '/'", (50, 10), "")
+        return queue, *self._queues[queue]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeConnection:
+    def __init__(self, queues: dict[str, tuple[int, int]]) -> None:
+        self.queues = queues
+        self.released = False
+
+    def channel(self) -> FakeChannel:
+        return FakeChannel(self.queues)
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_queue_depths_read_each_queue_and_say_why_one_is_unknown() -> None:
+    connection = FakeConnection({"tasks": (12, 2), "dispatcher.internal": (0, 2)})
+
+    depths = AmqpQueueProbe(lambda: connection, SETTINGS).depths()
+
+    assert [(d.role, d.name, d.ready, d.consumers) for d in depths] == [
+        ("tasks", "tasks", 12, 2),
+        ("internal", "dispatcher.internal", 0, 2),
+        ("responses", "responses", None, None),
+    ]
+    assert depths[2].problem is not None
+    assert depths[2].problem.startswith("Queue.declare: (404) NOT_FOUND - no queue 'responses'")
+    assert connection.released
+
+
+def test_queue_depths_without_a_broker_are_unknown_not_an_error() -> None:
+    def refuse() -> FakeConnection:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    depths = AmqpQueueProbe(refuse, SETTINGS).depths()
+
+    assert [d.ready for d in depths] == [None, None, None]
+    assert {d.problem for d in depths} == {"[Errno 111] Connection refused"}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
 
 from dispatcher.config import Settings
 from dispatcher.core.overview import QueueDepth
@@ -37,7 +38,7 @@ class AmqpQueueProbe:
     def depths(self) -> list[QueueDepth]:
         try:
             connection = self._connect()
-        except (OSError, AMQPError) as exc:
+        except (OSError, AMQPError, KombuError) as exc:
             return [QueueDepth(role, name, None, None, _why(exc)) for role, name in self._names]
         try:
             return [self._one(connection, role, name) for role, name in self._names]
@@ -48,12 +49,12 @@ class AmqpQueueProbe:
     def _one(self, connection: Any, role: str, name: str) -> QueueDepth:
         try:
             channel = connection.channel()  # a failed passive declare closes its channel
-        except (OSError, AMQPError) as exc:
+        except (OSError, AMQPError, KombuError) as exc:
             return QueueDepth(role, name, None, None, _why(exc))
         try:
             _, ready, consumers = channel.queue_declare(queue=name, passive=True)
             return QueueDepth(role, name, int(ready), int(consumers))
-        except (OSError, AMQPError) as exc:
+        except (OSError, AMQPError, KombuError) as exc:
             return QueueDepth(role, name, None, None, _why(exc))
         finally:
             with contextlib.suppress(Exception):
