@@ -86,6 +86,7 @@ def test_status_shows_a_burst_larger_than_the_node_then_one_tasks_timeline(
 
     finished = next(iter(burst.result.answer_times))
     shown = run_cli(broker, "status", finished, timeout=60)
+    (LOCAL / "logs" / "tests" / "status-of-a-task.txt").write_text(shown.stdout)
     assert shown.returncode == 0, shown.stderr
     assert f"task {finished}: answered" in shown.stdout
     for step in ("created", "scheduled", "started", "ended", "answered"):

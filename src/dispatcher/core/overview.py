@@ -104,7 +104,7 @@ class Overview:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "at": _iso(self.at),
+            "at": iso(self.at),
             "queues": [asdict(queue) for queue in self.queues],
             "in_flight": self.in_flight,
             "states": {
@@ -113,11 +113,11 @@ class Overview:
             },
             "nodes": dict(self.nodes),
             "errors": [
-                {"id": e.task_id, "answered": _iso(e.answered), "error": e.error}
+                {"id": e.task_id, "answered": iso(e.answered), "error": e.error}
                 for e in self.errors
             ],
             "tasks": [
-                {"id": t.task_id, "state": t.state, "since": _iso(t.since), "node": t.node}
+                {"id": t.task_id, "state": t.state, "since": iso(t.since), "node": t.node}
                 for t in self.tasks
             ],
         }
@@ -254,5 +254,8 @@ def _count(state: State, flying: Sequence[InFlight], now: datetime) -> StateCoun
     return StateCount(state, len(mine), oldest.task_id, (now - oldest.since).total_seconds())
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when is not None else None
+def iso(when: datetime | None) -> str | None:
+    """RFC 3339 in UTC to the second, as the JSON shows times."""
+    if when is None:
+        return None
+    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -17,6 +17,7 @@ from dispatcher.core.overview import (
     answered_error,
     ended_at,
     in_flight,
+    iso,
     newest_started,
     parse_time,
     started_at,
@@ -69,12 +70,10 @@ class TaskView:
         return {
             "id": self.task_id,
             "state": self.state,
-            "timeline": [
-                {"step": s.what, "at": _iso(s.at), "detail": s.detail} for s in self.steps
-            ],
+            "timeline": [{"step": s.what, "at": iso(s.at), "detail": s.detail} for s in self.steps],
             "events": [
                 {
-                    "at": _iso(e.at),
+                    "at": iso(e.at),
                     "object": f"{e.kind}/{e.name}",
                     "type": e.type,
                     "reason": e.reason,
@@ -200,7 +199,3 @@ def _log_tail(
 
 def _name(pod: Mapping[str, Any]) -> str:
     return str(pod["metadata"]["name"])
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when is not None else None
