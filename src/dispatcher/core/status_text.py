@@ -43,7 +43,7 @@ def task_text(view: TaskView) -> str:
     lines += ["", "timeline"]
     for step in view.steps:
         detail = f"  {step.detail}" if step.detail else ""
-        lines.append(f"  {_clock(step.at)}  {step.what:<9}{detail}")
+        lines.append(f"  {_clock(step.at)}  {step.what:<9}{detail}".rstrip())
     lines += ["", "events"]
     if not view.events:
         lines.append("  none")
