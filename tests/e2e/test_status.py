@@ -9,9 +9,8 @@ import time
 from typing import Any
 
 import pytest
-
-from tests.support.burst import BurstResult, run_burst
-from tests.support.stack import LOCAL, Broker, Worker, run_cli
+from harness.burst import BurstResult, run_burst
+from harness.stack import LOCAL, Broker, Worker, run_cli
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.stack import REPO, Broker, Worker
 from playwright.sync_api import Page, sync_playwright
 
 from tests.e2e.test_status import BurstInBackground
-from tests.support.stack import REPO, Broker, Worker
 
 pytestmark = pytest.mark.cluster
 Dispatcher = tuple[Broker, Worker]
