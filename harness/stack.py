@@ -107,6 +107,7 @@ class Instance:
                 "RESPONSE_EXCHANGE_NAME": f"{self.name}.responses",
                 "CELERY_QUEUE_NAME": f"{self.name}.internal",
                 "HEALTH_PORT": "0",
+                "STATUS_PORT": "0",
                 "LOG_LEVEL": "INFO",
             }
         )

@@ -1,5 +1,5 @@
-"""The `dispatcher` command: run the worker, submit or cancel a task, check the settings, print
-the broker permissions.
+"""The `dispatcher` command: run the worker, submit or cancel a task, see what the dispatcher
+does, check the settings, print the broker permissions.
 
     dispatcher worker [--concurrency N]
     dispatcher submit [FILE|-] [--id ID] [--image IMAGE] [--cmd ITEM]... [--arg ITEM]...
@@ -8,6 +8,7 @@ the broker permissions.
                       [--correlation-id ID] [-- COMMAND ITEM...]
     dispatcher cancel ID [--no-wait] [--wait-timeout SECONDS]
     dispatcher answers [--count N] [--wait-timeout SECONDS]
+    dispatcher status [ID] [--watch] [--interval SECONDS] [--json]
     dispatcher config
     dispatcher permissions [--dispatcher-user USER] [--producer-user USER] [--definitions]
 
@@ -18,7 +19,9 @@ on); on a terminal it shows the task's progress on one line of standard error me
 `cancel` exits 0 when the task was cancelled, 1 when the answer is an error (not in progress),
 124 when no answer came in time, 130 when interrupted. `answers` takes the answers of tasks sent
 without a reply route off the responses queue and prints one JSON line each: 0 when it printed
-one or more, 124 when none came in time.
+one or more, 124 when none came in time. `status` prints the overview (queues, tasks in flight,
+recent error answers), or with ID one task's timeline, events and log tail: 0 when found, 1 when
+the installation has no Job for it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dispatcher.amqp import permissions as amqp_permissions
@@ -85,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "submit": _submit,
         "cancel": _cancel,
         "answers": _answers,
+        "status": _status,
         "config": _config,
         "permissions": _permissions,
     }
@@ -101,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-CHECKS_FILES = frozenset({"worker", "submit", "cancel", "answers", "config"})
+CHECKS_FILES = frozenset({"worker", "submit", "cancel", "answers", "status", "config"})
 """The commands that connect to the broker, and `config`, which checks what they check."""
 
 
@@ -174,6 +179,17 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         help="stop when no answer came for this many seconds (5)",
     )
+    status = sub.add_parser(
+        "status",
+        help="what the dispatcher does: queue depths, tasks in flight by state, recent error "
+        "answers; with ID, one task's timeline, events and log tail",
+    )
+    status.add_argument("id", nargs="?", help="a task id: show that task")
+    status.add_argument("--watch", action="store_true", help="show it again every --interval")
+    status.add_argument(
+        "--interval", type=_wait_seconds, default=2.0, help="seconds between views (2)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON (one document per view)")
     sub.add_parser("config", help="check the settings and print them (secrets hidden)")
     permissions = sub.add_parser(
         "permissions",
@@ -240,10 +256,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def missing_worker_libraries() -> list[str]:
+def missing_worker_libraries(names: Sequence[str] = WORKER_LIBRARIES) -> list[str]:
     """The worker's own libraries (the extra `worker`) that cannot be imported here."""
     missing = []
-    for name in WORKER_LIBRARIES:
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -443,6 +459,89 @@ def _answers(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_TIMEOUT
     return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    """Read with the operator's own Kubernetes configuration (K8S_IN_CLUSTER, KUBECONFIG) and
+    broker user; needs the Kubernetes client of the extra `worker`."""
+    if missing_worker_libraries(("lightkube",)):
+        print(
+            f"dispatcher: status needs lightkube, which the base install leaves out: "
+            f"pip install '{WORKER_EXTRA}'",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from dispatcher.kube.client import KubeClient
+
+    try:
+        kube = KubeClient.from_settings(settings)
+    except KubeError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    show = _task_view if args.id else _overview_view
+    try:
+        while True:
+            try:
+                code = show(args, settings, kube)
+            except KubeError as exc:  # watching, the next view may do better
+                print(f"dispatcher: {exc}", file=sys.stderr)
+                code = EXIT_ERROR_RESPONSE
+            if not args.watch:
+                return code
+            time.sleep(args.interval)
+    finally:
+        kube.close()
+
+
+def _overview_view(args: argparse.Namespace, settings: Settings, kube: Any) -> int:
+    from kombu import Connection
+
+    from dispatcher.amqp.depth import AmqpQueueProbe
+    from dispatcher.core.overview import collect_overview
+    from dispatcher.core.status_text import overview_text
+
+    def connect() -> Any:
+        connection = Connection(
+            settings.broker_url, ssl=settings.broker_ssl or False, connect_timeout=10
+        )
+        connection.ensure_connection(max_retries=1)
+        return connection
+
+    overview = collect_overview(
+        kube, AmqpQueueProbe(connect, settings), settings, datetime.now(UTC)
+    )
+    _show(args, overview.to_json(), overview_text(overview))
+    return 0
+
+
+def _task_view(args: argparse.Namespace, settings: Settings, kube: Any) -> int:
+    from dispatcher.core.status_text import task_text
+    from dispatcher.core.taskview import read_task
+
+    view = read_task(
+        kube,
+        args.id,
+        dispatcher_name=settings.dispatcher_name,
+        max_run_seconds=settings.job_max_run_seconds,
+    )
+    if view is None:
+        print(
+            f"dispatcher: no Job for task {args.id} in namespace {settings.job_namespace} "
+            f"(not sent, not made yet, or answered and deleted)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR_RESPONSE
+    _show(args, view.to_json(), task_text(view))
+    return 0
+
+
+def _show(args: argparse.Namespace, document: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(document, ensure_ascii=False), flush=True)
+    elif args.watch and sys.stdout.isatty():
+        print("\x1b[H\x1b[2J" + text, flush=True)
+    else:
+        print(text + ("\n" if args.watch else ""), flush=True)
 
 
 def _read(path: str) -> bytes:

@@ -450,6 +450,13 @@ class Settings:
         parsers.integer(0, 65535),
         "Port of the HTTP health and metrics server (0: disabled).",
     )
+    status_port: int = _setting(
+        "STATUS_PORT",
+        8001,
+        parsers.integer(0, 65535),
+        "Port of the read-only status page (the overview and a page per task), bound to "
+        "127.0.0.1 only: reach it with kubectl port-forward (0: disabled).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _setting(
         "LOG_LEVEL",
         "INFO",
@@ -482,6 +489,10 @@ class Settings:
         _check_queues(settings)
         if settings.kueue_priority_class and not settings.kueue_local_queue:
             raise ConfigError("KUEUE_PRIORITY_CLASS", "is set but KUEUE_LOCAL_QUEUE is not")
+        if settings.status_port and settings.status_port == settings.health_port:
+            raise ConfigError(
+                "STATUS_PORT", f"must differ from HEALTH_PORT, got {settings.status_port}"
+            )
         return settings
 
     @property

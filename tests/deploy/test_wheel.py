@@ -51,6 +51,7 @@ def test_the_installed_command_runs_and_the_client_imports(fresh_venv: Path) -> 
 def test_the_base_install_leaves_out_the_workers_libraries(fresh_venv: Path) -> None:
     listed = run(fresh_venv / "bin" / "pip", "list", "--format=freeze", cwd=fresh_venv)
     worker = run(fresh_venv / "bin" / "dispatcher", "worker", cwd=fresh_venv)
+    status = run(fresh_venv / "bin" / "dispatcher", "status", cwd=fresh_venv)
 
     names = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
     assert {"kombu", "aio-pika", "k8s-job-dispatcher"} <= names
@@ -59,4 +60,9 @@ def test_the_base_install_leaves_out_the_workers_libraries(fresh_venv: Path) -> 
     assert worker.stderr == (
         "dispatcher: the worker needs celery, lightkube, prometheus_client, which the base "
         "install leaves out: pip install 'k8s-job-dispatcher[worker]'\n"
+    )
+    assert status.returncode == 2
+    assert status.stderr == (
+        "dispatcher: status needs lightkube, which the base install leaves out: "
+        "pip install 'k8s-job-dispatcher[worker]'\n"
     )

@@ -355,6 +355,37 @@ def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> Non
     )
 
 
+def test_status_without_the_kubernetes_client_names_the_extra_in_one_line() -> None:
+    blocked = "import sys; sys.modules.update(lightkube=None); "
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked + "from dispatcher.cli import main; sys.exit(main(['status']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        "dispatcher: status needs lightkube, which the base install leaves out: "
+        "pip install 'k8s-job-dispatcher[worker]'\n"
+    )
+
+
+def test_status_without_a_kubeconfig_says_so_in_one_line(tmp_path: Path) -> None:
+    result = dispatcher(
+        "status", K8S_IN_CLUSTER="false", KUBECONFIG=str(tmp_path / "missing"), **NO_BROKER
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("dispatcher: cannot load the Kubernetes kubeconfig: ")
+    assert result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "argv",
     [

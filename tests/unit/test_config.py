@@ -77,6 +77,7 @@ ADDED_DEFAULTS = {
     "WATCH_TIMEOUT_SECONDS": "240",
     "WORKER_CONCURRENCY": "16",
     "HEALTH_PORT": "8000",
+    "STATUS_PORT": "8001",
     "LOG_LEVEL": "INFO",
     "LOG_FORMAT": "text",
 }
@@ -100,6 +101,10 @@ def test_empty_environment_gives_the_documented_defaults() -> None:
         pytest.param({"AMQP_PORT": "5673"}, "amqp_port", 5673, id="integer"),
         pytest.param({"AMQP_PORT": " 5673 "}, "amqp_port", 5673, id="integer-with-blanks"),
         pytest.param({"HEALTH_PORT": "0"}, "health_port", 0, id="health-server-disabled"),
+        pytest.param({"STATUS_PORT": "0"}, "status_port", 0, id="status-page-disabled"),
+        pytest.param(
+            {"STATUS_PORT": "8000", "HEALTH_PORT": "0"}, "status_port", 8000, id="status-port"
+        ),
         pytest.param({"K8S_IN_CLUSTER": "false"}, "k8s_in_cluster", False, id="false"),
         pytest.param({"K8S_IN_CLUSTER": "No"}, "k8s_in_cluster", False, id="no-any-case"),
         pytest.param({"K8S_IN_CLUSTER": "0"}, "k8s_in_cluster", False, id="zero"),
@@ -209,6 +214,11 @@ def test_accepted_values(env: dict[str, str], field: str, expected: Any) -> None
             {"CONTROL_QUEUE_NAME": "tasks"},
             "CONTROL_QUEUE_NAME: must differ from TASK_QUEUE_NAME, got 'tasks'",
             id="control-queue-is-the-task-queue",
+        ),
+        pytest.param(
+            {"STATUS_PORT": "8000"},
+            "STATUS_PORT: must differ from HEALTH_PORT, got 8000",
+            id="status-page-on-the-health-port",
         ),
         pytest.param(
             {"CONTROL_ROUTING_KEY": "task"},

@@ -10,7 +10,7 @@ from dispatcher.config import Settings
 from dispatcher.worker.consumer import TaskConsumerStep
 from dispatcher.worker.runtime import Runtime
 from dispatcher.worker.seal import SealedTask
-from dispatcher.worker.steps import HealthStep, JobWatchStep
+from dispatcher.worker.steps import HealthStep, JobWatchStep, StatusStep
 from dispatcher.worker.tasks import register_tasks
 
 
@@ -60,4 +60,5 @@ def create_app(settings: Settings) -> Celery:
     app.steps["consumer"].add(TaskConsumerStep.for_runtime(runtime))
     app.steps["worker"].add(JobWatchStep)
     app.steps["worker"].add(HealthStep)
+    app.steps["worker"].add(StatusStep)
     return app

@@ -9,15 +9,19 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
+from dispatcher.amqp.depth import AmqpQueueProbe
 from dispatcher.amqp.publisher import AmqpResponsePublisher
 from dispatcher.config import Settings
 from dispatcher.core.admission import Admission
 from dispatcher.core.finalize import Context
+from dispatcher.core.overview import Overview, collect_overview
 from dispatcher.core.progress import Progress
 from dispatcher.core.reactor import Reactor
+from dispatcher.core.taskview import TaskView, read_task
 from dispatcher.kube.client import KubeClient
 from dispatcher.kube.watcher import Watcher
 from dispatcher.worker.metrics import Metrics
@@ -91,4 +95,22 @@ class Runtime:
             logs_optional,
             attempt,
             progress=self.progress,
+        )
+
+    # -- what the status page shows -----------------------------------------------------------
+
+    @cached_property
+    def queue_probe(self) -> AmqpQueueProbe:
+        """Queue depths over a connection of the app's pool (given back after each reading)."""
+        return AmqpQueueProbe(lambda: self.app.pool.acquire(block=True, timeout=5), self.settings)
+
+    def overview(self) -> Overview:
+        return collect_overview(self.kube, self.queue_probe, self.settings, datetime.now(UTC))
+
+    def task_view(self, task_id: str) -> TaskView | None:
+        return read_task(
+            self.kube,
+            task_id,
+            dispatcher_name=self.settings.dispatcher_name,
+            max_run_seconds=self.settings.job_max_run_seconds,
         )

@@ -1,4 +1,4 @@
-"""Worker bootsteps: the shared watches, and the health and metrics server.
+"""Worker bootsteps: the shared watches, the health and metrics server, and the status page.
 
 The watches — over the dispatcher's Jobs, over their Pods, over the namespace's FailedCreate
 Events of Jobs, and with Kueue over the namespace's Workloads — run in daemon threads for the
@@ -25,6 +25,7 @@ from dispatcher.kube.conventions import label_selector
 from dispatcher.kube.watcher import RESTART_REASONS, Handler, Watcher
 from dispatcher.worker.health import HealthServer
 from dispatcher.worker.runtime import Runtime
+from dispatcher.worker.statuspage import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,30 @@ class HealthStep(bootsteps.StartStopStep):
                 runtime.settings.health_port, runtime.not_ready, runtime.metrics.registry
             )
             self.server.start()
+
+    def stop(self, parent: Any) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+class StatusStep(bootsteps.StartStopStep):
+    """Serves the read-only status page on 127.0.0.1:STATUS_PORT (not started when it is 0)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.server: StatusPage | None = None
+
+    def start(self, parent: Any) -> None:
+        runtime: Runtime = parent.app.dispatcher
+        port = runtime.settings.status_port
+        if not port:
+            return
+        try:
+            self.server = StatusPage(port, runtime.overview, runtime.task_view)
+        except OSError as exc:  # an aid for operators: the worker runs on without it
+            log.error("status page not started: cannot listen on 127.0.0.1:%d: %s", port, exc)
+            return
+        self.server.start()
 
     def stop(self, parent: Any) -> None:
         if self.server is not None:
