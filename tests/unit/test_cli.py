@@ -334,14 +334,25 @@ def test_the_progress_line_is_rewritten_in_place_and_erased(
     )
 
 
-def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> None:
-    blocked = "import sys; sys.modules.update(celery=None, lightkube=None); "
+@pytest.mark.parametrize(
+    ("command", "blocked", "line"),
+    [
+        pytest.param(
+            "worker",
+            ("celery", "lightkube"),
+            "the worker needs celery, lightkube",
+            id="worker",
+        ),
+        pytest.param("status", ("lightkube",), "status needs lightkube", id="status"),
+    ],
+)
+def test_a_command_without_the_worker_extra_names_it_in_one_line(
+    command: str, blocked: tuple[str, ...], line: str
+) -> None:
+    missing = ", ".join(f"{name}=None" for name in blocked)
+    script = f"import sys; sys.modules.update({missing}); from dispatcher.cli import main; "
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            blocked + "from dispatcher.cli import main; sys.exit(main(['worker']))",
-        ],
+        [sys.executable, "-c", script + f"sys.exit(main([{command!r}]))"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -350,28 +361,7 @@ def test_the_worker_without_its_extra_says_which_to_install_in_one_line() -> Non
 
     assert result.returncode == 2
     assert result.stderr == (
-        "dispatcher: the worker needs celery, lightkube, which the base install leaves out: "
-        "pip install 'k8s-job-dispatcher[worker]'\n"
-    )
-
-
-def test_status_without_the_kubernetes_client_names_the_extra_in_one_line() -> None:
-    blocked = "import sys; sys.modules.update(lightkube=None); "
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            blocked + "from dispatcher.cli import main; sys.exit(main(['status']))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-    assert result.returncode == 2
-    assert result.stderr == (
-        "dispatcher: status needs lightkube, which the base install leaves out: "
+        f"dispatcher: {line}, which the base install leaves out: "
         "pip install 'k8s-job-dispatcher[worker]'\n"
     )
 
