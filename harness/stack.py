@@ -44,13 +44,22 @@ def stack_env() -> dict[str, str]:
 
 
 def kubectl_path() -> str:
-    versions = dict(
+    """The kubectl of the Kubernetes the stack runs (`make up` records it; compat runs others)."""
+    env_file = LOCAL / "env"
+    version = stack_env().get("STACK_K8S_VERSION") if env_file.exists() else None
+    if not version:
+        version = pinned_versions()["K8S_VERSION"]
+    cache = os.environ.get("STACK_CACHE", "/var/cache/dispatcher-stack")
+    return f"{cache}/k8s-{version}/bin/kubectl"
+
+
+def pinned_versions() -> dict[str, str]:
+    """The pinned versions of the local stack (stack/versions.env)."""
+    return dict(
         line.split("=", 1)
         for line in (REPO / "stack/versions.env").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
-    cache = os.environ.get("STACK_CACHE", "/var/cache/dispatcher-stack")
-    return f"{cache}/k8s-{versions['K8S_VERSION']}/bin/kubectl"
 
 
 def kubectl(

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Build kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl from the Go
 # module proxy into $STACK_CACHE/k8s-$K8S_VERSION/bin. A no-op once the .complete stamp exists.
+# K8S_VERSION from the environment builds another version than the pinned one (make compat).
 #
 # k8s.io/kubernetes cannot be `go install`ed (its go.mod replaces every staging module with a
 # local path), so a throw-away wrapper module replaces each staging module by its published
 # v0.X.Y tag and builds the commands as dependencies.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+WANTED=${K8S_VERSION:-}
 . "$HERE/versions.env"
-K8S=${K8S_VERSION}
+K8S=${WANTED:-$K8S_VERSION}
+case "$K8S" in
+  v1.[0-9]*.[0-9]*) ;;
+  *) echo "build-k8s: K8S_VERSION must look like v1.37.2, not '$K8S'" >&2; exit 2 ;;
+esac
 STACK_CACHE=${STACK_CACHE:-/var/cache/dispatcher-stack}
 OUT=$STACK_CACHE/k8s-$K8S
 mkdir -p "$STACK_CACHE"

@@ -2,7 +2,9 @@
 # shellcheck shell=bash
 STACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$STACK_DIR/.." && pwd)
+K8S_VERSION_ASKED=${K8S_VERSION:-}   # make compat K8S_VERSION=v1.35.4: another Kubernetes than the pinned one
 . "$STACK_DIR/versions.env"
+K8S_VERSION_PINNED=$K8S_VERSION
 
 STACK_CACHE=${STACK_CACHE:-/var/cache/dispatcher-stack}   # built binaries and images, keyed by version
 STACK_STATE=/var/lib/dispatcher-stack                     # containerd/kubelet roots, PV data, broker data
@@ -11,7 +13,6 @@ ETCD_DATA=/dev/shm/dispatcher-stack-etcd
 LOCAL=${LOCAL_DIR:-$REPO_DIR/.local}                      # per-checkout: pki, config, logs, env
 PKI=$LOCAL/pki CONF=$LOCAL/config LOGS=$LOCAL/logs
 
-K8S_BIN=$STACK_CACHE/k8s-$K8S_VERSION/bin
 ETCD=$STACK_CACHE/etcd-$ETCD_VERSION/bin/etcd
 IMAGES=$STACK_CACHE/images-$IMAGES_VERSION
 SOCK=$STACK_RUN/containerd/containerd.sock
@@ -21,8 +22,19 @@ POD_SUBNET=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
 POD_AMQP_USER=dispatcher-pod
 PRODUCER_AMQP_USER=producer
-KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
 CTR="ctr --address $SOCK -n k8s.io"
+
+# use_k8s_version V: the Kubernetes binaries the scripts run (K8S_BIN, KUBECTL) are those of V.
+use_k8s_version() {
+  K8S_VERSION=$1
+  K8S_BIN=$STACK_CACHE/k8s-$K8S_VERSION/bin
+  KUBECTL="$K8S_BIN/kubectl --kubeconfig=$LOCAL/kubeconfig"
+}
+# Which Kubernetes: the one asked for in the environment, else the one the running stack was
+# started with (up.sh records it), else the pinned one. up.sh itself starts the asked or pinned one.
+running_k8s_version() { cat "$STACK_RUN/k8s-version" 2>/dev/null || true; }
+use_k8s_version "${K8S_VERSION_ASKED:-$(running_k8s_version)}"
+[ -n "$K8S_VERSION" ] || use_k8s_version "$K8S_VERSION_PINNED"
 RABBITMQ_ROOT=$STACK_CACHE/rabbitmq-$RABBITMQ_VERSION
 
 # Every component is started in its own session (setsid) so that its process group id is its

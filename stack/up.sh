@@ -7,6 +7,7 @@ set -euo pipefail
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet"
 t0=$SECONDS
+use_k8s_version "${K8S_VERSION_ASKED:-$K8S_VERSION_PINNED}"
 BROKER_NODES=${BROKER_NODES:-1}
 case "$BROKER_NODES" in
   1 | 2 | 3) export BROKER_NODES ;;
@@ -32,6 +33,7 @@ AMQP_PORT=5672
 AMQP_USER=guest
 AMQP_PASSWORD=guest
 K8S_IN_CLUSTER=false
+STACK_K8S_VERSION=$K8S_VERSION
 TEST_IMAGE=$TEST_IMAGE
 POD_AMQP_HOST=$pod_amqp_host
 POD_AMQP_USER=$POD_AMQP_USER
@@ -63,9 +65,11 @@ broker_users() {
   broker_user "$PRODUCER_AMQP_USER" "$LOCAL/producer-amqp-password" "${PRODUCER_PERMISSIONS[@]}"
 }
 
-# A running stack with another number of broker nodes than asked for is started again.
+# A running stack with another number of broker nodes or another Kubernetes than asked for is
+# started again.
 all_running() {
   [ "$(broker_nodes)" = "$BROKER_NODES" ] || return 1
+  [ "$(running_k8s_version)" = "$K8S_VERSION" ] || return 1
   for c in $COMPONENTS epmd $(broker_components "$BROKER_NODES"); do component_alive "$c" || return 1; done
   $KUBECTL get --raw /readyz >/dev/null 2>&1 || return 1
   "$STACK_DIR/rabbitmqctl.sh" 1 -q status >/dev/null 2>&1
@@ -78,13 +82,14 @@ fi
 "$STACK_DIR/install-deps.sh"
 if [ ! -x "$ETCD" ] || [ ! -f "$STACK_CACHE/k8s-$K8S_VERSION/.complete" ]; then require_go up; fi
 "$STACK_DIR/build-etcd.sh"
-"$STACK_DIR/build-k8s.sh"
+K8S_VERSION=$K8S_VERSION "$STACK_DIR/build-k8s.sh"
 "$STACK_DIR/build-images.sh"
 "$STACK_DIR/build-rabbitmq.sh"
 "$STACK_DIR/down.sh" --quiet          # clear whatever a crashed run left behind
 "$STACK_DIR/configure.sh"
 mkdir -p "$STACK_RUN/pids" "$STACK_STATE/pv/worker-pv-volume" "$LOGS"
 echo "$BROKER_NODES" > "$STACK_RUN/broker-nodes"
+echo "$K8S_VERSION" > "$STACK_RUN/k8s-version"
 printf 'seeded by the local stack\n' > "$STACK_STATE/pv/worker-pv-volume/seed.txt"
 # Tasks run as a non-root user (JOB_RUN_AS_USER); a hostPath volume keeps its owner (fsGroup does
 # not apply to it), so the shared directory is writable by all, sticky like /tmp.

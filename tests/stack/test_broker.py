@@ -12,16 +12,11 @@ from pathlib import Path
 
 import pytest
 from amqp.exceptions import InternalError
-from harness.stack import REPO, rabbitmqctl, stack_env
+from harness.stack import REPO, pinned_versions, rabbitmqctl, stack_env
 from kombu import Connection, Queue
 
 pytestmark = pytest.mark.cluster
 RUN = Path("/run/dispatcher-stack")
-
-
-def versions() -> dict[str, str]:
-    lines = (REPO / "stack/versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
 def nodes() -> int:
@@ -48,9 +43,9 @@ def queue_name() -> Iterator[str]:
 
 def test_the_broker_is_the_pinned_rabbitmq_of_its_root() -> None:
     version = rabbitmqctl("eval", "rabbit_misc:version().").stdout.strip()
-    assert version == f'"{versions()["RABBITMQ_VERSION"]}"'
+    assert version == f'"{pinned_versions()["RABBITMQ_VERSION"]}"'
     cache = os.environ.get("STACK_CACHE", "/var/cache/dispatcher-stack")
-    root = f"{cache}/rabbitmq-{versions()['RABBITMQ_VERSION']}"
+    root = f"{cache}/rabbitmq-{pinned_versions()['RABBITMQ_VERSION']}"
     for node in range(1, nodes() + 1):
         pid = node_pid(node)  # the recorded PID is the node's Erlang VM itself, in the root
         assert os.readlink(f"/proc/{pid}/root") == root

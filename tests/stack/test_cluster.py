@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from typing import Any
 
 import pytest
-from harness.stack import kubectl, stack_env
+from harness.stack import kubectl, pinned_versions, stack_env
 
 from dispatcher.config import Settings
 from dispatcher.core.preflight import preflight
@@ -201,3 +202,17 @@ def test_the_start_up_check_reads_the_stacks_claim_bound_to_pv_name(kube: KubeCl
         "PVC_NAME: PersistentVolumeClaim 'nope' does not exist in namespace 'dispatcher'; every "
         "Job mounts it, so no task can start until it does"
     )
+
+
+def test_every_component_runs_the_kubernetes_the_stack_recorded() -> None:
+    """`make up` starts the pinned version (make compat: the one asked for) and records it; the
+    API server, the kubelet and the kubectl the tests use are all of it."""
+    recorded = stack_env()["STACK_K8S_VERSION"]
+    versions = json.loads(kubectl("version", "-o", "json").stdout)
+    node = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+
+    assert versions["serverVersion"]["gitVersion"] == recorded
+    assert versions["clientVersion"]["gitVersion"] == recorded
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == recorded
+    if "K8S_VERSION" not in os.environ:
+        assert recorded == pinned_versions()["K8S_VERSION"]
