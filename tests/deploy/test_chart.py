@@ -131,6 +131,11 @@ def test_helm_lint_passes(values: list[str]) -> None:
             "at '/metrics/prometheusRule/thresholds/taskQueueFor'",
             id="threshold-duration",
         ),
+        pytest.param(
+            ["--set", "namespaces.podSecurity.version=1.35"],
+            "at '/namespaces/podSecurity/version'",
+            id="pod-security-version",
+        ),
     ],
 )
 def test_helm_install_refuses_a_wrong_value_naming_it(args: list[str], message: str) -> None:
