@@ -5,7 +5,7 @@ write bumps the resourceVersion, a merge patch that carries ``metadata.resourceV
 conditional (409 Conflict when stale, as on a real server), and a deleted Job's last state is
 kept, as a watch DELETED event would carry it. Scenarios inject another client's action or a
 failure just before a call. `FakePublisher` records every response as the broker received it.
-Objects are plain camelCase dicts shaped like those of a Kubernetes 1.34 API server.
+Objects are plain camelCase dicts shaped like those of a Kubernetes 1.35 to 1.37 API server.
 """
 
 from __future__ import annotations

@@ -6,13 +6,23 @@ import pytest
 
 from dispatcher.kube.capacity import quota_waiting, waiting_for_room
 
-# Messages as the v1.34 scheduler writes them into the PodScheduled condition (the first two
-# were read off the local cluster: a burst larger than the node, and JOB_CPU_REQUEST=64).
+# Messages as the v1.37 scheduler writes them into the PodScheduled condition, read off the local
+# v1.37.2 cluster: a pod asking 1.5 CPUs while another holds them, and one asking 64 CPUs.
 FULL_NODE = (
+    "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
+    "1 No preemption victims found for incoming pod."
+)
+TOO_BIG = (
+    "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
+    "1 Preemption is not helpful for scheduling."
+)
+# The same two from the v1.34 scheduler (read off the local v1.34.4 cluster; 1.35's source writes
+# them so too), whose resource-claims plugin added a post-filter message of its own.
+FULL_NODE_OLD = (
     "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: "
     "0/1 nodes are available: 1 No preemption victims found for incoming pod."
 )
-TOO_BIG = (
+TOO_BIG_OLD = (
     "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: "
     "0/1 nodes are available: 1 Preemption is not helpful for scheduling."
 )
@@ -23,12 +33,8 @@ TOO_BIG = (
     [
         pytest.param(FULL_NODE, True, id="full-node"),
         pytest.param(TOO_BIG, False, id="request-above-allocatable"),
-        pytest.param(
-            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
-            "1 No preemption victims found for incoming pod.",
-            True,
-            id="full-node-without-dra-message",
-        ),
+        pytest.param(FULL_NODE_OLD, True, id="full-node-up-to-1.35"),
+        pytest.param(TOO_BIG_OLD, False, id="request-above-allocatable-up-to-1.35"),
         pytest.param(
             "0/2 nodes are available: 1 Insufficient cpu, 1 Insufficient memory. "
             "no new claims to deallocate",

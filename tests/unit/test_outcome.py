@@ -1,4 +1,5 @@
-"""Outcome rules, on Job and Pod objects shaped like those a Kubernetes 1.34 API server returns."""
+"""Outcome rules, on Job and Pod objects shaped like those a Kubernetes 1.35 to 1.37 API server
+returns."""
 
 from __future__ import annotations
 

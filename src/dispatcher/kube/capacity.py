@@ -13,11 +13,12 @@ they record; no cluster-scoped read (of Nodes) is needed. After filtering, the s
 preemption pass, which sorts every node into "preemption is not helpful" (the failure cannot be
 cured by freeing room: the request exceeds the node's allocatable, a taint, an affinity, a
 missing claim) and the rest (it could be cured by room), and it reports that sorting in the
-``preemption:`` part of the PodScheduled condition message::
+``preemption:`` part of the PodScheduled condition message (as Kubernetes 1.37 writes it; 1.35
+and earlier put ``no new claims to deallocate,`` before ``preemption:``)::
 
-    0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption:
+    0/1 nodes are available: 1 Insufficient cpu. preemption:
     0/1 nodes are available: 1 No preemption victims found for incoming pod.   -> queued
-    0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption:
+    0/1 nodes are available: 1 Insufficient cpu. preemption:
     0/1 nodes are available: 1 Preemption is not helpful for scheduling.       -> cannot run
 
 Where no ``preemption:`` part is given (a pod that may not preempt, a scheduler without
@@ -70,8 +71,9 @@ def waiting_for_room(message: str) -> bool:
         return True  # not the scheduler's usual summary: do not fail the task on a guess
     if int(summary[1]) == 0:
         return False  # no nodes at all (a cluster autoscaler's scale-up is checked apart)
-    # "<filter reasons>. <post-filter messages>", the latter e.g. "no new claims to deallocate,
-    # preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."
+    # "<filter reasons>. <post-filter messages>", the latter e.g. "preemption: 0/1 nodes are
+    # available: 1 No preemption victims found for incoming pod." (in 1.35 and earlier after
+    # "no new claims to deallocate, ")
     filtered, _, post_filter = summary[2].partition(". ")
     reasons = _reasons(filtered)
     if any(_matches(reason, _NODE_STATE_REASONS) for reason in reasons):
