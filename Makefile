@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 UV := bash scripts/uv.sh
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down helm-build chart manifests demo test check lint typecheck unit integration bench bench-scale chaos docs image clean
+.PHONY: help venv up down scale-up scale-down kueue-build kueue-up kueue-down helm-build chart manifests demo test check lint typecheck unit integration bench bench-scale chaos compat docs image clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ chaos: venv  ## fault scenarios with 100+ tasks each on a three-node broker (abo
 	BROKER_NODES=3 bash stack/up.sh
 	bash stack/build-image.sh
 	set -a && . .local/env && set +a && PYTHONPATH=. $(PY) bench/chaos.py --write
+
+compat: venv  ## opt-in: the dispatch, queueing, task-options, resilience and Kueue e2e modules on K8S_VERSION=v1.X.Y (built and cached like the default); writes its row of docs/compatibility.md
+	K8S_VERSION=$(K8S_VERSION) $(PY) scripts/compat.py --write
 
 docs: venv  ## regenerate the tables made from the code: docs/settings.md, the metrics in docs/operations.md
 	$(PY) scripts/docs_tables.py

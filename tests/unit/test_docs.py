@@ -114,3 +114,26 @@ def test_the_retry_window_the_guarantees_state_is_the_codes() -> None:
         f"{waited(MAX_ATTEMPTS):g} s) for {retry_window()}"
     )
     assert stated in " ".join((DOCS / "guarantees.md").read_text().split())
+
+
+def compat_rows() -> dict[str, str]:
+    """The rows of docs/compatibility.md's table (make compat writes them), by version."""
+    table = generated(DOCS / "compatibility.md", "compat-table")
+    rows = [line for line in table.splitlines() if line.startswith("| v")]
+    return {line.split()[1]: line for line in rows}
+
+
+def test_the_compat_table_has_a_passing_row_for_each_version_the_readme_names() -> None:
+    pinned = dict(
+        line.split("=", 1)
+        for line in (REPO / "stack/versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    rows = compat_rows()
+    named = set(re.findall(r"Kubernetes (v1\.\d+\.\d+)", README)) | set(
+        re.findall(r"and (v1\.\d+\.\d+) \(`make compat`", README)
+    )
+    assert pinned["K8S_VERSION"] in named, "the README must name the stack's Kubernetes"
+    assert named <= set(rows), f"no `make compat` row for {sorted(named - set(rows))}"
+    for version in named:
+        assert "all passed" in rows[version], rows[version]
