@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.core.request import FinalizeRequest
 from dispatcher.kube import kueue
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
@@ -51,18 +52,6 @@ log = logging.getLogger(__name__)
 REASK_SECONDS = 300.0
 """A Job Kueue still cannot admit this long after finalize was asked is asked about again (or
 after the grace period, when that is longer)."""
-
-
-@dataclass(frozen=True)
-class FinalizeRequest:
-    job_name: str
-    job_uid: str
-    delay_seconds: float
-    why: str
-    deleted_annotations: dict[str, str] | None = None  # set when the Job vanished unanswered
-    # Hints, not identity: the Job as the watch showed it, and its pod that ended (small copies)
-    job: dict[str, Any] | None = field(default=None, compare=False)
-    pod: dict[str, Any] | None = field(default=None, compare=False)
 
 
 Schedule = Callable[[FinalizeRequest], None]

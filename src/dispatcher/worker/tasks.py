@@ -1,7 +1,8 @@
 """The three short Celery tasks. Thin adapters: decode, call one core function, map errors.
 
-`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck,
-cancelled or deleted Job; `dispatcher.cancel` stops a task in progress (or answers the cancel
+`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` carries a
+`FinalizeRequest` from the reactor to `core.request.answer` (an ended, stuck, cancelled or
+deleted Job); `dispatcher.cancel` stops a task in progress (or answers the cancel
 request that there is none). None of them waits for a Job to run. Every way out of a task is a
 confirmed response or a retry, never a silent end: broker errors are retried for as long as
 they last; in submit and cancel, transient Kubernetes errors are retried with the one policy in
@@ -31,13 +32,8 @@ from dispatcher.core.cancel import (
     not_in_progress_error,
     not_stopped_error,
 )
-from dispatcher.core.finalize import (
-    Finalized,
-    answer_again,
-    answer_deleted,
-    finalize,
-    message_id,
-)
+from dispatcher.core.finalize import Finalized, message_id
+from dispatcher.core.request import FinalizeRequest, answer
 from dispatcher.core.submit import Submitted, submit
 from dispatcher.errors import (
     InvalidTaskError,
@@ -84,11 +80,9 @@ def finalize_task(
     job: dict[str, Any] | None = None,
     pod: dict[str, Any] | None = None,
 ) -> str:
-    """`job` and `pod` are what the watch showed when it asked (small copies): the first
-    execution answers from them without reading the Job again; a retry reads it."""
-    first = self.request.retries == 0
-    seen = {"job": job, "pod": pod} if first else {}
-    return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations, **seen))
+    """The arguments are a `FinalizeRequest` as the reactor wrote it (`task_kwargs`)."""
+    request = FinalizeRequest.from_task(job_name, job_uid, deleted_annotations, job=job, pod=pod)
+    return _guarded(self, lambda: _finalize(self, request))
 
 
 def cancel_task(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
@@ -183,34 +177,24 @@ def _submit_or_answer_again(self: SealedTask, task: ParsedTask, reply: ReplyRout
     )
     if result is Submitted.ANSWERED:
         context = runtime.finalize_context(self.request.id, self.request.retries)
-        if not answer_again(task.id, reply, context):  # its window closed meanwhile: run anew
+        again = answer(FinalizeRequest.again(task.id, reply), context)
+        if again.state is not Finalized.ANSWERED:  # its window closed meanwhile: run anew
             raise TransientKubeError(f"Job {task.id} went while it was answered again")
     if result is Submitted.CANCELLED:
-        answer = error_response(CANCELLED_ERROR, task.id)
-        runtime.publisher.publish(answer, reply, message_id(task.id, "cancelled"))
+        reply_body = error_response(CANCELLED_ERROR, task.id)
+        runtime.publisher.publish(reply_body, reply, message_id(task.id, "cancelled"))
     return result
 
 
-def _finalize(
-    self: SealedTask,
-    job_name: str,
-    job_uid: str,
-    deleted_annotations: dict[str, str] | None,
-    *,
-    job: dict[str, Any] | None = None,
-    pod: dict[str, Any] | None = None,
-) -> str:
+def _finalize(self: SealedTask, request: FinalizeRequest) -> str:
     runtime = self.app.dispatcher
     retries = self.request.retries
+    job_name = request.job_name
     context = runtime.finalize_context(
         self.request.id, retries, logs_optional=retries >= LOG_ATTEMPTS
     )
-    if deleted_annotations is not None:
-        answer_deleted(job_name, job_uid, deleted_annotations, context)
-        runtime.metrics.jobs_finished.labels("deleted").inc()
-        return "answered"
     try:
-        result = finalize(job_name, job_uid, context, seen=job, pod=pod)
+        result = answer(request, context)
     except BROKER_ERRORS:
         raise
     except TransientKubeError as exc:
