@@ -49,6 +49,7 @@ from dispatcher.kube.outcome import (
     Stuck,
     Verdict,
     job_finished,
+    judge_attempt_deadline,
     judge_cancelled,
     judge_deleted,
     judge_finished,
@@ -59,6 +60,8 @@ from dispatcher.kube.outcome import (
     not_created_message,
     pod_started,
     pod_stuck,
+    retries_of,
+    runs,
     unschedulable_message,
 )
 from dispatcher.kube.routes import routes_of
@@ -302,7 +305,7 @@ def _decide(
         and not meta.get("deletionTimestamp")
         and CANCELLED_ANNOTATION not in (meta.get("annotations") or {})
     )
-    if ended_pod is not None and plain_end:
+    if ended_pod is not None and plain_end and runs(job) <= 1:
         pods = [ended_pod]
     else:
         pods = ctx.kube.list_pods(pods_of_job(uid))
@@ -349,11 +352,13 @@ def _judge_ended(job: dict[str, Any], pods: list[dict[str, Any]], ctx: Context) 
     meta, max_run = job["metadata"], ctx.settings.job_max_run_seconds
     deleting, finished = bool(meta.get("deletionTimestamp")), job_finished(job)
     if CANCELLED_ANNOTATION in (meta.get("annotations") or {}) and (deleting or finished):
-        return judge_cancelled(pods)  # stopped by a cancel request: its logs so far
+        return judge_cancelled(pods, job)  # stopped by a cancel request: its logs so far
     if deleting:
         return judge_deleted(job, pods, max_run_seconds=max_run)
     if finished:
         return judge_finished(job, pods, max_run_seconds=max_run)
+    if retries_of(job):  # a pod past its deadline is not run again: it ends the task
+        return judge_attempt_deadline(job, pods, max_run_seconds=max_run)
     return None
 
 
@@ -477,7 +482,13 @@ def _response(job: dict[str, Any], verdict: Verdict, ctx: Context) -> Response:
                 raise
             log.warning("giving up on the logs of Pod %s: %s", verdict.pod_name, exc)
             error = error or LOGS_UNAVAILABLE
-    return Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
+    return Response(
+        id=meta["name"],
+        output=output,
+        exit=verdict.exit_code,
+        error=error,
+        attempts=verdict.attempts,
+    )
 
 
 def _annotations(job: dict[str, Any]) -> dict[str, str]:

@@ -43,8 +43,19 @@ from dispatcher.kube.conventions import (
     CONTROLLER_UID_LABEL,
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
+    RETRIES_ANNOTATION,
 )
-from dispatcher.kube.outcome import job_ended_at, job_finished, pod_ended, pod_started, pod_stuck
+from dispatcher.kube.outcome import (
+    Outcome,
+    Stuck,
+    job_ended_at,
+    job_finished,
+    pod_deadline_exceeded,
+    pod_ended,
+    pod_started,
+    pod_stuck,
+    will_retry,
+)
 from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 
 log = logging.getLogger(__name__)
@@ -79,6 +90,7 @@ class JobMemory:
     # the Workload's uid; handed to finalize when the Job is seen
     early_workload: str | None = None
     ended_at: float | None = None  # ended or being deleted, its answer not seen yet: when, POSIX s
+    failed_told: int = 0  # its failed pods whose retry was told (a task that asked for retries)
 
     @property
     def active(self) -> bool:
@@ -117,6 +129,7 @@ class Reactor:
         on_job_seen: Callable[[str], None] | None = None,
         on_started: Callable[[dict[str, Any]], None] | None = None,
         on_evicted: Callable[[str, str, str], None] | None = None,
+        on_retrying: Callable[[dict[str, Any], int, int | None], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._schedule = schedule
@@ -126,6 +139,8 @@ class Reactor:
         self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
         # Kueue evicted a Job's Workload: (Job name, reason, message)
         self._on_evicted = on_evicted or (lambda name, reason, message: None)
+        # a Job's attempt failed and it runs another: (Job, number of the failed attempt, exit)
+        self._on_retrying = on_retrying or (lambda job, attempt, exit_code: None)
         self._clock = clock
         self._reask = max(stuck_grace_seconds, REASK_SECONDS)
         self._lock = threading.Lock()
@@ -245,6 +260,23 @@ class Reactor:
                 memory.not_admitted_at = None
         if early is not None and suspended:
             self._not_admissible(name, uid)
+        self._retrying(uid, name, job)
+
+    def _retrying(self, uid: str, name: str, job: dict[str, Any]) -> None:
+        """Tell once per failed attempt (as the Job's own `failed` count shows them) that a Job
+        whose task asked for retries runs its pod again. Derived from the Job, so a restarted
+        worker tells the same attempt again under the same message id."""
+        if not will_retry(job):
+            return
+        failed = int(job["status"]["failed"])
+        with self._lock:
+            memory = self._memory(uid, name)
+            if failed <= memory.failed_told:
+                return
+            memory.failed_told = failed
+            exit_code = _exit_code(memory.ended_pod)
+        log.info("Job %s: attempt %d failed (exit %s); it runs again", name, failed, exit_code)
+        self._on_retrying(job, failed, exit_code)
 
     def _end(self, uid: str, name: str, ended_at: float | None) -> dict[str, Any] | None:
         """The Job ended (or is going): no longer active; its ended pod, if one was kept. Until
@@ -427,11 +459,13 @@ class Reactor:
                 first, memory.started = not memory.started, True
             if first:
                 self._on_started(pod)
-        stuck = pod_stuck(pod)
+        stuck = _stuck(pod)
         if stuck is None:
             return
         log.debug("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
-        request = FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name)
+        at_once = stuck.outcome is Outcome.DEADLINE_EXCEEDED  # before the Job runs it again
+        delay = 0.0 if at_once else self._grace
+        request = FinalizeRequest(job_name, job_uid, delay, stuck.outcome.name)
         self._once(job_uid, job_name, "stuck_pods", request, pod_uid)
 
 
@@ -453,6 +487,26 @@ def _unmark(memory: JobMemory, mark: str, pod_uid: str) -> None:
         memory.stuck_pods.discard(pod_uid)
     else:
         setattr(memory, mark, None if mark == "not_admitted_at" else False)
+
+
+def _stuck(pod: dict[str, Any]) -> Stuck | None:
+    """Why the pod cannot go on without help: stuck before it starts, or (for a task that may
+    run again) stopped past its deadline, which ends the task rather than being retried."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if pod_deadline_exceeded(pod) and RETRIES_ANNOTATION in annotations:
+        return Stuck(Outcome.DEADLINE_EXCEEDED, "the pod ran past its deadline")
+    return pod_stuck(pod)
+
+
+def _exit_code(pod: dict[str, Any] | None) -> int | None:
+    """The exit code of a pod's container that failed, if the pod (a snapshot) shows one."""
+    if pod is None or (pod.get("status") or {}).get("phase") != "Failed":
+        return None
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        code = ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if isinstance(code, int):
+            return code
+    return None
 
 
 def _since(job: dict[str, Any]) -> float:

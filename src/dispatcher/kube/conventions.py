@@ -27,6 +27,9 @@ RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
 """RFC 3339 time at which the response was published."""
 CANCELLED_ANNOTATION: Final = "job-dispatcher.io/cancelled"
 """RFC 3339 time at which a cancel request stopped the Job: it is answered ``cancelled``."""
+RETRIES_ANNOTATION: Final = "job-dispatcher.io/retries"
+"""On the pods of a task that asked for retries (only then): how many. A pod of such a task
+that runs past its deadline ends the task (it is not run again)."""
 CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
 """``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
 

@@ -78,6 +78,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             queue_timeout_seconds=settings.queue_timeout_seconds,
             on_job_seen=runtime.admission.settled,
             on_started=runtime.progress.running if runtime.progress.enabled else None,
+            on_retrying=runtime.progress.retrying if runtime.progress.enabled else None,
             on_evicted=lambda name, reason, message: runtime.metrics.kueue_evictions.labels(
                 reason
             ).inc(),
