@@ -86,10 +86,33 @@ def test_a_failed_attempt_is_not_the_end_of_a_job_that_runs_again() -> None:
     assert react.active_jobs() == 1  # MAX_ACTIVE_JOBS counts the task once, however often it runs
     assert told == [(1, 3)]
     react.on_job("MODIFIED", kube.update_status("t-1", job_status(failed=2)))
-    assert told == [(1, 3), (2, 3)]
+    assert told == [(1, 3)]  # the Job counts a second failure whose pod was not seen yet
+    second = attempt_pod(job, 2, 4)
+    react.on_pod("MODIFIED", second)
+    react.on_pod("MODIFIED", second)
+    assert told == [(1, 3), (2, 4)]
     react.on_job("MODIFIED", kube.update_status("t-1", DONE_AFTER_TWO_FAILURES))
     assert requests == [FinalizeRequest("t-1", job["metadata"]["uid"], 0.0, "job ended")]
     assert react.active_jobs() == 0
+
+
+def test_a_retry_is_told_with_its_exit_whichever_watch_shows_it_first() -> None:
+    told: list[tuple[str, int, int | None]] = []
+    react = Reactor(
+        lambda request: None,
+        stuck_grace_seconds=60,
+        on_retrying=lambda job, attempt, code: told.append(
+            (job["metadata"]["annotations"]["job-dispatcher.io/reply-to"], attempt, code)
+        ),
+    )
+    kube = FakeKube()
+    job = create_job_for(kube, RETRYING, ReplyRoute("c-1", "replies"))
+    failed = attempt_pod(job, 1, 75)
+
+    react.on_job("MODIFIED", kube.update_status("t-1", BACKOFF))  # the Job's count came first
+    assert told == []
+    react.on_pod("MODIFIED", failed)
+    assert told == [("replies", 1, 75)]
 
 
 def test_the_retry_event_has_one_message_id_per_attempt() -> None:

@@ -90,7 +90,13 @@ class JobMemory:
     # the Workload's uid; handed to finalize when the Job is seen
     early_workload: str | None = None
     ended_at: float | None = None  # ended or being deleted, its answer not seen yet: when, POSIX s
-    failed_told: int = 0  # its failed pods whose retry was told (a task that asked for retries)
+    # A task that asked for retries: how many failed attempts the Job counts while it will run
+    # another, how many of those were told, and the failed pods seen (the exit of the newest is
+    # told with its retry, so a retry is told once both the Job and that pod were seen)
+    failed_counted: int = 0
+    failed_told: int = 0
+    failed_pods: set[str] = field(default_factory=set)
+    retrying_job: dict[str, Any] | None = None  # its name, uid and annotations, until told
 
     @property
     def active(self) -> bool:
@@ -101,6 +107,7 @@ class JobMemory:
         self.since = None
         self.started = self.suspended = False
         self.ended_pod = self.not_admitted_at = self.evicted_at = self.early_workload = None
+        self.retrying_job = None
 
     def empty(self) -> bool:
         return self == JobMemory(self.name)
@@ -263,20 +270,37 @@ class Reactor:
         self._retrying(uid, name, job)
 
     def _retrying(self, uid: str, name: str, job: dict[str, Any]) -> None:
-        """Tell once per failed attempt (as the Job's own `failed` count shows them) that a Job
-        whose task asked for retries runs its pod again. Derived from the Job, so a restarted
-        worker tells the same attempt again under the same message id."""
+        """Note how many attempts failed while the Job will run another (its own `failed`
+        count), and tell the retries not told yet. Derived from the Job, so a restarted worker
+        tells the same attempt again under the same message id."""
         if not will_retry(job):
             return
         failed = int(job["status"]["failed"])
         with self._lock:
             memory = self._memory(uid, name)
-            if failed <= memory.failed_told:
+            if failed > memory.failed_counted:
+                memory.failed_counted = failed
+                meta = job.get("metadata") or {}
+                keep = ("name", "uid", "annotations")
+                memory.retrying_job = {"metadata": {k: meta[k] for k in keep if k in meta}}
+        self._tell_retry(uid)
+
+    def _tell_retry(self, uid: str) -> None:
+        """Tell a retry once the Job counted the failed attempt and its pod was seen too (the
+        two watches are separate streams: either may come first)."""
+        with self._lock:
+            memory = self._jobs.get(uid)
+            if memory is None or memory.retrying_job is None:
                 return
-            memory.failed_told = failed
+            if len(memory.failed_pods) < memory.failed_counted:
+                return
+            job, memory.retrying_job = memory.retrying_job, None
+            attempt = memory.failed_told = memory.failed_counted
             exit_code = _exit_code(memory.ended_pod)
-        log.info("Job %s: attempt %d failed (exit %s); it runs again", name, failed, exit_code)
-        self._on_retrying(job, failed, exit_code)
+        log.info(
+            "Job %s: attempt %d failed (exit %s); it runs again", memory.name, attempt, exit_code
+        )
+        self._on_retrying(job, attempt, exit_code)
 
     def _end(self, uid: str, name: str, ended_at: float | None) -> dict[str, Any] | None:
         """The Job ended (or is going): no longer active; its ended pod, if one was kept. Until
@@ -448,11 +472,8 @@ class Reactor:
                     if kept is not None and kept.get("metadata", {}).get("uid") == pod_uid:
                         memory.ended_pod = None  # (not a newer pod of the same Job)
             return
-        if pod_ended(pod):  # kept until its Job's end is seen, which then needs no pod list
-            with self._lock:
-                memory = self._memory(job_uid, job_name)
-                if not memory.finishing:
-                    memory.ended_pod = pod_snapshot(pod)
+        if pod_ended(pod):
+            self._pod_ended(job_uid, job_name, pod)
         if pod_started(pod) and not meta.get("deletionTimestamp"):  # (a preempted pod going)
             with self._lock:
                 memory = self._memory(job_uid, job_name)
@@ -467,6 +488,19 @@ class Reactor:
         delay = 0.0 if at_once else self._grace
         request = FinalizeRequest(job_name, job_uid, delay, stuck.outcome.name)
         self._once(job_uid, job_name, "stuck_pods", request, pod_uid)
+
+    def _pod_ended(self, job_uid: str, job_name: str, pod: dict[str, Any]) -> None:
+        """Keep the pod until its Job's end is seen (which then needs no pod list); a failed
+        attempt of a task with retries may complete a retry to tell."""
+        meta = pod.get("metadata") or {}
+        with self._lock:
+            memory = self._memory(job_uid, job_name)
+            if not memory.finishing:
+                memory.ended_pod = pod_snapshot(pod)
+            failed = (pod.get("status") or {}).get("phase") == "Failed"
+            if failed and RETRIES_ANNOTATION in (meta.get("annotations") or {}):
+                memory.failed_pods.add(str(meta.get("uid", "")))
+        self._tell_retry(job_uid)
 
 
 def _mark(memory: JobMemory, mark: str, pod_uid: str, now: float) -> bool:
