@@ -13,6 +13,8 @@ from dispatcher.core.finalize import Context, Finalized, finalize
 from dispatcher.core.progress import Progress
 from dispatcher.core.reactor import Reactor
 from dispatcher.core.request import FinalizeRequest
+from dispatcher.core.status_text import task_text
+from dispatcher.core.taskview import read_task
 from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 from dispatcher.messages.progress import ProgressEvent
 from dispatcher.messages.response import Attempt, Response
@@ -131,6 +133,22 @@ def test_the_retry_event_has_one_message_id_per_attempt() -> None:
     assert ProgressEvent.decode(event.encode()) == event
 
 
+def test_a_pod_past_its_deadline_is_no_retry_to_tell() -> None:
+    told: list[int] = []
+    react = Reactor(
+        lambda request: None,
+        stuck_grace_seconds=60,
+        on_retrying=lambda job, attempt, code: told.append(attempt),
+    )
+    kube = FakeKube()
+    job = create_job_for(kube, RETRYING)
+
+    react.on_pod("MODIFIED", attempt_pod(job, 1, 137, reason="DeadlineExceeded"))
+    react.on_job("MODIFIED", kube.update_status("t-1", BACKOFF))
+
+    assert told == []
+
+
 def test_a_pod_past_its_deadline_is_finalized_at_once_only_when_its_task_could_run_again() -> None:
     for task, expected in ((RETRYING, 1), (TASK, 0)):
         requests: list[FinalizeRequest] = []
@@ -215,3 +233,31 @@ def test_a_pod_past_its_deadline_ends_the_task_before_the_job_runs_it_again() ->
         Response(id="t-1", output="", error="deadline exceeded: the task ran longer than 30 s")
     ]
     assert kube.get_job("t-1") is None  # deleted: no next attempt
+
+
+# --- what an operator sees ---------------------------------------------------------------------
+
+
+def test_the_task_view_lists_the_attempts_of_a_job_that_ran_more_than_once() -> None:
+    kube = FakeKube()
+    retrying_job(kube, 3, 0)
+    kube.update_status("t-1", job_status(condition("Complete"), succeeded=1, failed=1))
+
+    view = read_task(kube, "t-1", dispatcher_name=SETTINGS.dispatcher_name, max_run_seconds=600)
+
+    assert view is not None
+    assert [a["exit"] for a in view.to_json()["attempts"]] == [3, 0]
+    text = task_text(view)
+    assert "attempts\n   1  exit 3 on node-1  2025-01-10T10:00:00Z .. 2025-01-10T10:05:00Z" in text
+    assert "   2  exit 0 on node-1" in text
+
+
+def test_the_task_view_of_a_job_that_ran_once_is_as_before() -> None:
+    kube = FakeKube()
+    retrying_job(kube, 0)
+
+    view = read_task(kube, "t-1", dispatcher_name=SETTINGS.dispatcher_name, max_run_seconds=600)
+
+    assert view is not None
+    assert "attempts" not in view.to_json()
+    assert "attempts" not in task_text(view)

@@ -498,7 +498,8 @@ class Reactor:
             if not memory.finishing:
                 memory.ended_pod = pod_snapshot(pod)
             failed = (pod.get("status") or {}).get("phase") == "Failed"
-            if failed and RETRIES_ANNOTATION in (meta.get("annotations") or {}):
+            retried = RETRIES_ANNOTATION in (meta.get("annotations") or {})
+            if failed and retried and not pod_deadline_exceeded(pod):  # (that ends the task)
                 memory.failed_pods.add(str(meta.get("uid", "")))
         self._tell_retry(job_uid)
 
