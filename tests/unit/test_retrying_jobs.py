@@ -261,3 +261,20 @@ def test_the_task_view_of_a_job_that_ran_once_is_as_before() -> None:
     assert view is not None
     assert "attempts" not in view.to_json()
     assert "attempts" not in task_text(view)
+
+
+def test_after_a_restart_the_retry_is_told_with_the_newest_failed_attempts_exit() -> None:
+    told: list[tuple[int, int | None]] = []
+    react = Reactor(
+        lambda request: None,
+        stuck_grace_seconds=60,
+        on_retrying=lambda job, attempt, code: told.append((attempt, code)),
+    )
+    kube = FakeKube()
+    retrying_job(kube, 3, 4)
+
+    for pod in reversed(kube.pods):  # a re-list shows the pods in any order
+        react.on_pod("LISTED", pod)
+    react.on_job("LISTED", kube.update_status("t-1", job_status(failed=2)))
+
+    assert told == [(2, 4)]

@@ -495,8 +495,8 @@ class Reactor:
         meta = pod.get("metadata") or {}
         with self._lock:
             memory = self._memory(job_uid, job_name)
-            if not memory.finishing:
-                memory.ended_pod = pod_snapshot(pod)
+            if not memory.finishing and not _older(pod, memory.ended_pod):
+                memory.ended_pod = pod_snapshot(pod)  # (the newest, however the list is ordered)
             failed = (pod.get("status") or {}).get("phase") == "Failed"
             retried = RETRIES_ANNOTATION in (meta.get("annotations") or {})
             if failed and retried and not pod_deadline_exceeded(pod):  # (that ends the task)
@@ -531,6 +531,22 @@ def _stuck(pod: dict[str, Any]) -> Stuck | None:
     if pod_deadline_exceeded(pod) and RETRIES_ANNOTATION in annotations:
         return Stuck(Outcome.DEADLINE_EXCEEDED, "the pod ran past its deadline")
     return pod_stuck(pod)
+
+
+def _older(pod: dict[str, Any], kept: dict[str, Any] | None) -> bool:
+    """True when `pod` is another pod than `kept`, made before it (a re-list shows a retried
+    Job's pods in any order)."""
+    if kept is None or kept.get("metadata", {}).get("uid") == pod.get("metadata", {}).get("uid"):
+        return False
+    made, kept_made = (_created(p) for p in (pod, kept))
+    return made is not None and kept_made is not None and made < kept_made
+
+
+def _created(pod: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(pod.get("metadata", {}).get("creationTimestamp")))
+    except ValueError:
+        return None
 
 
 def _exit_code(pod: dict[str, Any] | None) -> int | None:
