@@ -12,8 +12,8 @@ drain) is retried without counting, a container that fails is not run again (``b
 its ``retries``, and the pod failure policy fails the Job at once on an exit code outside its
 ``retry_on_exit_codes`` (when it gave them) and counts the others, so the Job controller runs a
 new pod after its own backoff (10 s, doubling). The workload learns its task id from
-``TASK_ID``. With ``KUEUE_LOCAL_QUEUE`` the Job is created
-suspended, labelled for that LocalQueue: Kueue decides when it runs.
+``TASK_ID``. With ``KUEUE_LOCAL_QUEUE`` the Job is created suspended, labelled for that
+LocalQueue: Kueue decides when it runs.
 """
 
 from __future__ import annotations
