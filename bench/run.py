@@ -12,6 +12,9 @@
 - burst:  500 x `sleep 5` at once with default settings, 25 times what the node runs at once:
           answered / wrong / duplicates, makespan against the ideal, submit and create rates,
           the worker's CPU per task and the broker's count of deliveries.
+          `burst --count 200 --fail-once-fraction 0.5`: 200 tasks with `retries: 1`, every
+          other one failing its first run (exit 3): each must be answered once, exit 0, and
+          list both attempts when it failed once; the table adds the attempts counted.
 - delivery-limit: 60 x `sleep 2` with MAX_ACTIVE_JOBS=2 and a policy setting the task queue's
           delivery-limit to 3: every task answered once, deliveries counted by the broker.
 - kueue:  300 x `sleep 5` with and without Kueue deciding (a ClusterQueue whose quota is the
@@ -246,8 +249,9 @@ def deliveries_since(before: tuple[int, int]) -> tuple[int, int]:
     return now[0] - before[0], now[1] - before[1]
 
 
-def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
-    """A burst far larger than the node, with default settings (MAX_ACTIVE_JOBS, 100m cpu)."""
+def bench_burst(count: int = 500, seconds: float = 5.0, fail_once_fraction: float = 0.0) -> None:
+    """A burst far larger than the node, with default settings (MAX_ACTIVE_JOBS, 100m cpu);
+    with `fail_once_fraction`, that share of the tasks fails once and is retried by its Job."""
     defaults = Settings.from_env({})
     instance = Instance()
     depths: list[int] = []
@@ -263,6 +267,7 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
                 seconds,
                 timeout=1800,
                 on_tick=lambda: depths.append(task_queue_depth(broker)),
+                fail_once_fraction=fail_once_fraction,
             )
         cpu = cpu_seconds(worker.proc.pid) - cpu
         delivered, again = deliveries_since(counted)
@@ -277,6 +282,10 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
         [
             "wrong / duplicates / lost",
             f"{len(result.wrong)} / {result.duplicates} / {len(result.lost)}",
+        ],
+        [
+            "attempts answered (answers listing more than one)",
+            f"{result.attempts} ({result.retried})",
         ],
         ["tasks the node runs at once (slots)", slots],
         [
@@ -308,8 +317,10 @@ def bench_burst(count: int = 500, seconds: float = 5.0) -> None:
         ["worker CPU per task", f"{cpu / count * 1000:.1f} ms"],
         ["broker: messages delivered / delivered again (all queues)", f"{delivered} / {again}"],
     ]
+    retrying = f", {fail_once_fraction:g} of them failing once" if fail_once_fraction else ""
     table(
-        f"burst: {count} x `sleep {seconds:g}` at once, default settings, single 2-core node",
+        f"burst: {count} x `sleep {seconds:g}` at once{retrying}, default settings, "
+        "single 2-core node",
         ["measure", "result"],
         rows,
     )
@@ -527,9 +538,29 @@ BENCHES = {
 
 
 def main(argv: list[str]) -> None:
+    """Run the benchmarks named in `argv` (all but kueue when none); `--count N` and
+    `--fail-once-fraction F` are passed to burst."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    for name in argv or [name for name in BENCHES if name != "kueue"]:  # kueue: make kueue-up
-        BENCHES[name]()
+    names, options = _options(argv)
+    for name in names or [name for name in BENCHES if name != "kueue"]:  # kueue: make kueue-up
+        if name == "burst":
+            bench_burst(**options)
+        else:
+            BENCHES[name]()
+
+
+def _options(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    names: list[str] = []
+    options: dict[str, Any] = {}
+    words = iter(argv)
+    for word in words:
+        if word == "--count":
+            options["count"] = int(next(words))
+        elif word == "--fail-once-fraction":
+            options["fail_once_fraction"] = float(next(words))
+        else:
+            names.append(word)
+    return names, options
 
 
 if __name__ == "__main__":

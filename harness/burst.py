@@ -1,7 +1,9 @@
 """A burst of real tasks through one dispatcher installation, watched from the cluster's side.
 
 `Burst` publishes N tasks (`sleep S; echo <id>`), collects every response on the instance's
-response queue and judges each against what its task must print, while a `JobMonitor` watches
+response queue and judges each against what its task must print (with `fail_once_fraction`,
+that share of them fails its first run with exit 3 and is retried once by its Job: its answer
+must then list both attempts), while a `JobMonitor` watches
 the installation's Jobs on the API server and records how many existed and how many were active
 (not yet ended) at every moment, and when each was created. The e2e tests assert on it; the
 benchmark prints it. Bounded: every wait has a deadline.
@@ -95,11 +97,14 @@ class BurstResult:
     makespan: float
     first_publish: float
     answer_times: dict[str, float] = field(default_factory=dict)
+    attempts: int = 0  # runs of a container the right answers report (1 for an answer without)
+    retried: int = 0  # right answers that list more than one attempt
 
     def summary(self) -> str:
         return (
             f"sent {self.sent}, answered {self.answered}, wrong {len(self.wrong)}, "
-            f"duplicates {self.duplicates}, lost {len(self.lost)}, makespan {self.makespan:.1f} s; "
+            f"duplicates {self.duplicates}, lost {len(self.lost)}, attempts {self.attempts} "
+            f"({self.retried} retried), makespan {self.makespan:.1f} s; "
             f"first wrong: {self.wrong[:3]}"
         )
 
@@ -115,6 +120,29 @@ def sleeper(task_id: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def failing_once(task_id: str, seconds: float) -> dict[str, Any]:
+    """A sleeper whose first run fails with exit 3 (it leaves a mark on the claim) and that may
+    run once more: its second run succeeds and removes the mark."""
+    mark = f"/work/{task_id}.failed"
+    script = (
+        f"if [ ! -e {mark} ]; then touch {mark}; echo first; exit 3; fi; "
+        f"sleep {seconds:g}; rm -f {mark}; echo {task_id}"
+    )
+    return {**sleeper(task_id, seconds), "args": [script], "retries": 1}
+
+
+def _right(response: dict[str, Any], task_id: str, fails_once: bool) -> bool:
+    """The answer its task must get: its id printed, exit 0, and both runs when it failed once
+    (exit 3, then 0)."""
+    attempts = response.get("attempts")
+    plain = {k: v for k, v in response.items() if k != "attempts"}
+    if plain != {"id": task_id, "output": f"{task_id}\n", "exit": 0}:
+        return False
+    if not fails_once:
+        return attempts is None
+    return isinstance(attempts, list) and [a.get("exit") for a in attempts] == [3, 0]
+
+
 def run_burst(
     broker: Broker,
     count: int,
@@ -122,16 +150,22 @@ def run_burst(
     *,
     timeout: float,
     on_tick: Any = None,
+    fail_once_fraction: float = 0.0,
 ) -> BurstResult:
-    """Publish `count` sleepers at once and collect their answers (at most `timeout` s)."""
+    """Publish `count` sleepers at once and collect their answers (at most `timeout` s); the
+    first `fail_once_fraction` of them (every other one at 0.5) fail once and are retried."""
     prefix = "b" + uuid.uuid4().hex[:6]
     ids = [f"{prefix}-{i}" for i in range(count)]
+    step = round(1 / fail_once_fraction) if fail_once_fraction > 0 else 0
+    failing = {task_id for i, task_id in enumerate(ids) if step and i % step == 0}
     start = time.monotonic()
     for task_id in ids:
-        broker.publish(sleeper(task_id, seconds))
+        make = failing_once if task_id in failing else sleeper
+        broker.publish(make(task_id, seconds))
     answers: Counter[str] = Counter()
     wrong: list[dict[str, Any]] = []
     times: dict[str, float] = {}
+    attempts = retried = 0
     deadline = start + timeout
     queue = broker.response_queue(broker.conn.default_channel)
     expected = set(ids)
@@ -149,8 +183,11 @@ def run_burst(
             wrong.append(response)
             continue
         times.setdefault(task_id, time.monotonic() - start)
-        if response != {"id": task_id, "output": f"{task_id}\n", "exit": 0}:
+        if not _right(response, task_id, task_id in failing):
             wrong.append(response)
+        elif answers[task_id] == 1:
+            runs = len(response.get("attempts") or [response])
+            attempts, retried = attempts + runs, retried + (runs > 1)
     makespan = max(times.values(), default=time.monotonic() - start)
     return BurstResult(
         sent=count,
@@ -161,6 +198,8 @@ def run_burst(
         makespan=makespan,
         first_publish=start,
         answer_times=times,
+        attempts=attempts,
+        retried=retried,
     )
 
 

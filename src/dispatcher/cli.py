@@ -150,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
         "--env", action="append", metavar="NAME=VALUE", help="environment variable (repeat)"
     )
     submit.add_argument("--timeout", type=_seconds, help="the task's own time limit, seconds")
+    submit.add_argument(
+        "--retries", type=int, help="run the task again this often when its container fails"
+    )
+    submit.add_argument(
+        "--retry-on",
+        type=int,
+        action="append",
+        metavar="CODE",
+        help="retry only for this exit code (repeat; default: any non-zero)",
+    )
     submit.add_argument("--cpu", help="CPU request, e.g. 500m")
     submit.add_argument("--memory", help="memory request, e.g. 256Mi")
     submit.add_argument("--mount", help=f"volume_mount_path (default {DEFAULT_MOUNT})")
@@ -317,6 +327,8 @@ def _task_document(args: argparse.Namespace) -> dict[str, Any]:
         "cmd": args.container_command or args.cmd,
         "args": args.arg,
         "timeout_seconds": args.timeout,
+        "retries": args.retries,
+        "retry_on_exit_codes": args.retry_on,
     }
     document.update({key: value for key, value in simple.items() if value is not None})
     document.setdefault("id", f"task-{uuid.uuid4().hex[:10]}")
@@ -402,7 +414,7 @@ class _ProgressLine:
     def show(self, event: Any) -> None:
         if event is not None:
             node = f" on {event.node}" if event.node else ""
-            self._state = f"{event.state}{node}"
+            self._state = f"{event.state}{node}{_failed_attempt(event)}"
         elapsed = time.monotonic() - self._started
         sys.stderr.write(f"\r\x1b[K{self._task_id}: {self._state} ({elapsed:.0f} s)")
         sys.stderr.flush()
@@ -410,6 +422,14 @@ class _ProgressLine:
     def clear(self) -> None:
         sys.stderr.write("\r\x1b[K")
         sys.stderr.flush()
+
+
+def _failed_attempt(event: Any) -> str:
+    """For a retrying event: which attempt failed, and how."""
+    if event.attempt is None:
+        return ""
+    how = f" with exit {event.exit}" if event.exit is not None else ""
+    return f" (attempt {event.attempt} failed{how})"
 
 
 def _print_response(response: Response) -> int:

@@ -284,6 +284,13 @@ class Settings:
         parsers.quantity,
         "Largest memory request a task may ask for in resources.memory (empty: no limit).",
     )
+    task_max_retries: int = _setting(
+        "TASK_MAX_RETRIES",
+        5,
+        parsers.integer(0, 20),
+        "Most times a task may ask to be run again after its container failed, with its "
+        "retries field (0: retries not allowed).",
+    )
     progress_exchange_name: str = _setting(
         "PROGRESS_EXCHANGE_NAME",
         "",

@@ -67,6 +67,7 @@ def test_every_example_in_the_usage_guide_prints_what_it_shows(dispatcher: Dispa
         "options",
         "timeout",
         "refused",
+        "retries",
         "follow-and-cancel",
         "async",
         "cli",

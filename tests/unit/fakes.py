@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConflictError, KubeError, NotFoundError, PermanentKubeError
-from dispatcher.kube.conventions import CONTAINER_NAME, CONTROLLER_UID_LABEL, JOB_NAME_LABEL
+from dispatcher.kube.conventions import (
+    CONTAINER_NAME,
+    CONTROLLER_UID_LABEL,
+    JOB_NAME_LABEL,
+    annotation_patch,
+)
 from dispatcher.kube.jobspec import build_job
 from dispatcher.kube.outcome import job_finished
 from dispatcher.messages.progress import ProgressEvent
@@ -158,6 +163,13 @@ class FakeKube:
         patched["metadata"]["resourceVersion"] = self._next_version()
         self.jobs[name] = patched
         return copy.deepcopy(patched)
+
+    def annotate_job(
+        self, name: str, annotations: Mapping[str, str | None], *, resource_version: str
+    ) -> KubeObject:
+        """One conditional merge patch, as the real client sends it (so it counts as
+        "patch_job" in `calls`, and `before_next("patch_job", …)` comes before it)."""
+        return self.patch_job(name, annotation_patch(annotations, resource_version))
 
     def release_job(
         self,

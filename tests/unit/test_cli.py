@@ -100,6 +100,16 @@ def test_flags_build_the_task_and_a_command_after_the_double_dash_keeps_its_dash
     }
 
 
+def test_retry_flags_become_the_tasks_retry_fields() -> None:
+    argv = ["submit", "--id", "t-1", "--image", "busybox", "--retries", "2", "--retry-on", "75"]
+    args = _parser().parse_args([*argv, "--retry-on", "3"])
+    args.container_command = None
+
+    document = _task_document(args)
+
+    assert (document["retries"], document["retry_on_exit_codes"]) == (2, [75, 3])
+
+
 @pytest.mark.parametrize(
     ("argv", "line"),
     [

@@ -152,3 +152,21 @@ def test_a_request_turned_away_with_429_is_told_as_throttled() -> None:
         list(kube.watch_objects("jobs", "a=b", "7", 5))
 
     assert throttled == ["429", "429"]
+
+
+def test_an_annotation_patch_is_one_conditional_merge_patch() -> None:
+    sent: list[httpx2.Request] = []
+
+    def record(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(200, json={"metadata": {"name": "t-1"}})
+
+    http = httpx2.Client(transport=httpx2.MockTransport(record), base_url="https://api.test")
+    KubeClient(http, "ns").annotate_job("t-1", {"a": "b", "c": None}, resource_version="42")
+
+    [request] = sent
+    assert (request.method, request.url.path) == ("PATCH", "/apis/batch/v1/namespaces/ns/jobs/t-1")
+    assert request.headers["content-type"] == "application/merge-patch+json"
+    assert json.loads(request.content) == {
+        "metadata": {"resourceVersion": "42", "annotations": {"a": "b", "c": None}}
+    }

@@ -13,7 +13,8 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.core.finalize import Context, Finalized, finalize
 from dispatcher.core.preflight import check_kueue
-from dispatcher.core.reactor import FinalizeRequest, Reactor
+from dispatcher.core.reactor import Reactor
+from dispatcher.core.request import FinalizeRequest
 from dispatcher.errors import ConfigError, ForbiddenError, KubeError
 from dispatcher.kube import kueue
 from dispatcher.kube.conventions import KUEUE_PRIORITY_LABEL, KUEUE_QUEUE_LABEL

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.core.reactor import FinalizeRequest, Reactor
+from dispatcher.core.reactor import Reactor
+from dispatcher.core.request import FinalizeRequest
 from dispatcher.kube.conventions import RESPONDED_ANNOTATION
 from dispatcher.messages.route import ReplyRoute
 from tests.unit.fakes import (

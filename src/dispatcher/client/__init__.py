@@ -13,9 +13,11 @@ task fails here with the same one-line :class:`~dispatcher.errors.InvalidTaskErr
 sent. Each submitted task gets a private, server-named, exclusive reply queue: the response comes
 back there by ``reply_to`` + ``correlation_id``, and when ``PROGRESS_EXCHANGE_NAME`` is set the
 same queue is bound to the progress exchange with the task id, so a handle's ``events()`` yields
-the task's ``queued``, ``running`` and final events. A handle's ``cancel()`` sends
-``{"cancel": id}`` with the same ``reply_to`` and the correlation id ``<correlation_id>.cancel``,
-so the task's own answer and the cancel's answer are told apart.
+the task's ``queued``, ``running`` (``retrying``, for a task with ``retries``) and final events.
+A task that ran more than once has its runs in the response's ``attempts``
+(:class:`~dispatcher.messages.response.Attempt`: exit, error, node, start, end). A handle's
+``cancel()`` sends ``{"cancel": id}`` with the same ``reply_to`` and the correlation id
+``<correlation_id>.cancel``, so the task's own answer and the cancel's answer are told apart.
 
 :class:`Client` (:mod:`.sync`) blocks; one per thread. :class:`AsyncClient` (:mod:`.aio`) offers
 the same calls as coroutines on an asyncio AMQP connection of its own. Both share :mod:`.inbox`:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import enum
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from dispatcher.config import Settings
+from dispatcher.core.conflicts import update_job
 from dispatcher.core.ports import KubeGateway
 from dispatcher.core.tombstones import bury
-from dispatcher.errors import ConflictError, TransientKubeError
+from dispatcher.errors import ConflictError
 from dispatcher.kube.conventions import (
     CANCELLED_ANNOTATION,
     RESPONDED_ANNOTATION,
@@ -55,14 +57,14 @@ def cancel(
 ) -> Cancelled:
     """Stop the task `task_id` if it is in progress. Raises KubeError when the API fails."""
     now = now or datetime.now(UTC)
-    stamp = timestamp(now)
     buried = False
-    for _ in range(ATTEMPTS):
-        job = kube.get_job(task_id)
+
+    def stop(job: dict[str, Any] | None) -> Cancelled:
+        nonlocal buried
         if job is None and not buried:
-            bury(task_id, kube, settings, now)  # then look again: a submit may have just run
-            buried = True
-            continue
+            bury(task_id, kube, settings, now)
+            buried = True  # then look again, as after a conflict: a submit may have just run
+            raise ConflictError(f"Job {task_id} not found before its tombstone was written")
         if job is None:
             log.info("task %s cancelled before it reached the cluster", task_id)
             return Cancelled.BEFORE_START
@@ -73,18 +75,15 @@ def cancel(
         already = CANCELLED_ANNOTATION in annotations
         if RESPONDED_ANNOTATION in annotations or (job_finished(job) and not already):
             return Cancelled.ENDED
-        patch = {} if already else {CANCELLED_ANNOTATION: stamp}
-        patch.update(with_route(annotations, route) or {})
-        if patch:
-            body = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": patch}}
-            try:
-                kube.patch_job(task_id, body)
-            except ConflictError:
-                continue  # the Job changed (it ended, or was joined): look again
+        change: dict[str, str | None] = {} if already else {CANCELLED_ANNOTATION: timestamp(now)}
+        change.update(with_route(annotations, route) or {})
+        if change:  # a conflict: the Job changed (it ended, or was joined): look again
+            kube.annotate_job(task_id, change, resource_version=meta["resourceVersion"])
         kube.delete_job(task_id)
         log.info("task %s cancelled: its Job is being stopped", task_id)
         return Cancelled.STOPPING
-    raise TransientKubeError(f"Job {task_id} kept changing while it was cancelled")
+
+    return update_job(kube, task_id, stop, attempts=ATTEMPTS, doing="it was cancelled")
 
 
 def cancelled_before_start(task_id: str, settings: Settings) -> str:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatcher.config import Settings
+from dispatcher.core.conflicts import update_job
 from dispatcher.core.ports import KubeGateway, ResponsePublisher
 from dispatcher.core.progress import Progress
 from dispatcher.errors import ConflictError, PermanentKubeError, TransientKubeError
@@ -48,6 +49,7 @@ from dispatcher.kube.outcome import (
     Stuck,
     Verdict,
     job_finished,
+    judge_attempt_deadline,
     judge_cancelled,
     judge_deleted,
     judge_finished,
@@ -58,6 +60,8 @@ from dispatcher.kube.outcome import (
     not_created_message,
     pod_started,
     pod_stuck,
+    retries_of,
+    runs,
     unschedulable_message,
 )
 from dispatcher.kube.routes import routes_of
@@ -221,24 +225,30 @@ def _release_answered(
     terminating Job is marked first (dropping its last finalizer deletes it as it was *before*
     that patch, and its DELETED event must show it answered, or it would be answered again)."""
     responded = {RESPONDED_ANNOTATION: timestamp(now)}
-    for _ in range(RELEASE_ATTEMPTS):
-        meta = job["metadata"]
-        name, version = meta["name"], meta["resourceVersion"]
-        try:
-            if meta.get("deletionTimestamp"):
-                patch = {"metadata": {"resourceVersion": version, "annotations": responded}}
-                ctx.kube.patch_job(name, patch)
-                _let_go(job, {}, ctx)
-            else:
-                _let_go(job, responded, ctx, resource_version=version)
+    first = job
+
+    def release(job: dict[str, Any] | None) -> None:
+        if job is None:
             return
-        except ConflictError:
-            latest = ctx.kube.get_job(name)
-            if latest is None or latest["metadata"].get("uid") != meta["uid"]:
-                return
-            _publish(response, _annotations(latest), base_id, ctx, answered)
-            job = latest
-    raise TransientKubeError(f"Job {job['metadata']['name']} kept changing while it was released")
+        if job is not first:  # it changed: a copy of the task may have joined meanwhile
+            _publish(response, _annotations(job), base_id, ctx, answered)
+        meta = job["metadata"]
+        version = meta["resourceVersion"]
+        if meta.get("deletionTimestamp"):
+            ctx.kube.annotate_job(meta["name"], responded, resource_version=version)
+            _let_go(job, {}, ctx)
+        else:
+            _let_go(job, responded, ctx, resource_version=version)
+
+    update_job(
+        ctx.kube,
+        job["metadata"]["name"],
+        release,
+        attempts=RELEASE_ATTEMPTS,
+        doing="it was released",
+        job=job,
+        uid=job["metadata"]["uid"],
+    )
 
 
 def _let_go(
@@ -295,7 +305,7 @@ def _decide(
         and not meta.get("deletionTimestamp")
         and CANCELLED_ANNOTATION not in (meta.get("annotations") or {})
     )
-    if ended_pod is not None and plain_end:
+    if ended_pod is not None and plain_end and runs(job) <= 1:
         pods = [ended_pod]
     else:
         pods = ctx.kube.list_pods(pods_of_job(uid))
@@ -342,11 +352,13 @@ def _judge_ended(job: dict[str, Any], pods: list[dict[str, Any]], ctx: Context) 
     meta, max_run = job["metadata"], ctx.settings.job_max_run_seconds
     deleting, finished = bool(meta.get("deletionTimestamp")), job_finished(job)
     if CANCELLED_ANNOTATION in (meta.get("annotations") or {}) and (deleting or finished):
-        return judge_cancelled(pods)  # stopped by a cancel request: its logs so far
+        return judge_cancelled(pods, job)  # stopped by a cancel request: its logs so far
     if deleting:
         return judge_deleted(job, pods, max_run_seconds=max_run)
     if finished:
         return judge_finished(job, pods, max_run_seconds=max_run)
+    if retries_of(job):  # a pod past its deadline is not run again: it ends the task
+        return judge_attempt_deadline(job, pods, max_run_seconds=max_run)
     return None
 
 
@@ -403,29 +415,26 @@ def _claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, Any] |
 def _renewed(job: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
     """Renew the claim just before publishing; the Job as renewed, or None when anyone else
     claimed it meanwhile (an update that is not a claim is read past)."""
-    for _ in range(3):
-        try:
-            return _patch_claim(job, ctx, ctx.clock())
-        except ConflictError:
-            latest = ctx.kube.get_job(job["metadata"]["name"])
-            if latest is None or latest["metadata"].get("uid") != job["metadata"]["uid"]:
-                return None
-            current = (latest["metadata"].get("annotations") or {}).get(CLAIM_ANNOTATION, "")
-            if current.rsplit(" ", 1)[0] != ctx.claimant:
-                return None
-            job = latest
-    return None
+
+    def renew(latest: dict[str, Any] | None) -> dict[str, Any] | None:
+        if latest is None or _claimant(latest) != ctx.claimant:
+            return None
+        return _patch_claim(latest, ctx, ctx.clock())
+
+    name, uid = job["metadata"]["name"], job["metadata"]["uid"]
+    return update_job(ctx.kube, name, renew, attempts=3, doing="", job=job, uid=uid, exhausted=None)
 
 
 def _patch_claim(job: dict[str, Any], ctx: Context, now: datetime) -> dict[str, Any]:
     meta = job["metadata"]
-    patch = {
-        "metadata": {
-            "resourceVersion": meta["resourceVersion"],
-            "annotations": {CLAIM_ANNOTATION: f"{ctx.claimant} {timestamp(now)}"},
-        }
-    }
-    return ctx.kube.patch_job(meta["name"], patch)
+    claim = {CLAIM_ANNOTATION: f"{ctx.claimant} {timestamp(now)}"}
+    return ctx.kube.annotate_job(meta["name"], claim, resource_version=meta["resourceVersion"])
+
+
+def _claimant(job: dict[str, Any]) -> str:
+    """Who holds the claim on the Job ("" when nobody does)."""
+    claim = (job["metadata"].get("annotations") or {}).get(CLAIM_ANNOTATION, "")
+    return str(claim).rsplit(" ", 1)[0]
 
 
 def _drop_claim(job_name: str, ctx: Context) -> None:
@@ -434,19 +443,11 @@ def _drop_claim(job_name: str, ctx: Context) -> None:
     a claim left behind only expires after CLAIM_TTL."""
     try:
         job = ctx.kube.get_job(job_name)
-        meta = (job or {}).get("metadata", {})
-        annotations = meta.get("annotations") or {}
-        claim = annotations.get(CLAIM_ANNOTATION, "")
-        if job is None or RESPONDED_ANNOTATION in annotations:
+        if job is None or RESPONDED_ANNOTATION in _annotations(job):
             return
-        if claim.rsplit(" ", 1)[0] == ctx.claimant:
-            patch = {
-                "metadata": {
-                    "resourceVersion": meta["resourceVersion"],
-                    "annotations": {CLAIM_ANNOTATION: None},
-                }
-            }
-            ctx.kube.patch_job(job_name, patch)
+        if _claimant(job) == ctx.claimant:
+            version = job["metadata"]["resourceVersion"]
+            ctx.kube.annotate_job(job_name, {CLAIM_ANNOTATION: None}, resource_version=version)
     except Exception as exc:  # noqa: BLE001 - the original failure is what the caller must see
         log.debug("could not let go of the claim on Job %s: %s", job_name, exc)
 
@@ -481,7 +482,13 @@ def _response(job: dict[str, Any], verdict: Verdict, ctx: Context) -> Response:
                 raise
             log.warning("giving up on the logs of Pod %s: %s", verdict.pod_name, exc)
             error = error or LOGS_UNAVAILABLE
-    return Response(id=meta["name"], output=output, exit=verdict.exit_code, error=error)
+    return Response(
+        id=meta["name"],
+        output=output,
+        exit=verdict.exit_code,
+        error=error,
+        attempts=verdict.attempts,
+    )
 
 
 def _annotations(job: dict[str, Any]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from dispatcher.kube.conventions import (
     CONTROLLER_UID_LABEL,
     RESPONDED_ANNOTATION,
     label_selector,
+    timestamp,
 )
 from dispatcher.kube.lister import Lister
 from dispatcher.kube.objects import condition
@@ -256,6 +257,4 @@ def _count(state: State, flying: Sequence[InFlight], now: datetime) -> StateCoun
 
 def iso(when: datetime | None) -> str | None:
     """RFC 3339 in UTC to the second, as the JSON shows times."""
-    if when is None:
-        return None
-    return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return None if when is None else timestamp(when)

@@ -27,6 +27,13 @@ class KubeGateway(Lister, Protocol):
 
     def patch_job(self, name: str, patch: Mapping[str, Any]) -> KubeObject: ...
 
+    def annotate_job(
+        self, name: str, annotations: Mapping[str, str | None], *, resource_version: str
+    ) -> KubeObject:
+        """Set (a None value: remove) annotations of the Job, only while it is still at
+        `resource_version` (else ConflictError): one conditional merge patch."""
+        ...
+
     def release_job(
         self,
         name: str,

@@ -1,9 +1,10 @@
 """Progress: the small state-change events of a task, built from what the dispatcher sees.
 
 `queued` when submit created the Job, `running` when the reactor first sees its pod on a node,
-`succeeded`/`failed` when finalize has published the answer. Events are a convenience for UIs and
-the CLI, never the answer itself: a failure to publish one is logged and forgotten, and nothing
-waits for them. With no event publisher configured every method does nothing.
+`retrying` when the reactor sees one of its attempts failed and the Job runs another (a task that
+asked for retries), `succeeded`/`failed` when finalize has published the answer. Events are a
+convenience for UIs and the CLI, never the answer itself: a failure to publish one is logged and
+forgotten, and nothing waits for them. With no event publisher configured every method does nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from dispatcher.kube.conventions import (
     TASK_ID_LABEL,
     timestamp,
 )
-from dispatcher.messages.progress import FAILED, QUEUED, RUNNING, SUCCEEDED, ProgressEvent
+from dispatcher.messages.progress import (
+    FAILED,
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    SUCCEEDED,
+    ProgressEvent,
+)
 from dispatcher.messages.response import Response
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,13 @@ class Progress:
         task = {"name": labels.get(TASK_ID_LABEL, ""), "annotations": meta.get("annotations")}
         self._send(task, str(labels.get(CONTROLLER_UID_LABEL, "")), RUNNING, node=node)
 
+    def retrying(self, job: dict[str, Any], attempt: int, exit_code: int | None) -> None:
+        """Attempt number `attempt` failed (with `exit_code`, when known) and the Job runs its
+        pod again after its backoff. One message id per attempt."""
+        meta = job.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        self._send(meta, uid, RETRYING, f".{attempt}", attempt=attempt, exit=exit_code)
+
     def finished(self, job: dict[str, Any], response: Response) -> None:
         """The answer was published."""
         meta = job.get("metadata") or {}
@@ -59,7 +74,9 @@ class Progress:
         state = SUCCEEDED if ok else FAILED
         self._send(meta, str(meta.get("uid", "")), state, exit=response.exit, error=response.error)
 
-    def _send(self, meta: dict[str, Any], uid: str, state: str, **details: Any) -> None:
+    def _send(
+        self, meta: dict[str, Any], uid: str, state: str, suffix: str = "", **details: Any
+    ) -> None:
         if self._publisher is None or not meta.get("name"):
             return
         task_id = str(meta["name"])
@@ -67,6 +84,6 @@ class Progress:
         event = ProgressEvent(id=task_id, state=state, time=when, **details)
         correlation_id = (meta.get("annotations") or {}).get(CORRELATION_ID_ANNOTATION)
         try:
-            self._publisher.publish_event(event, correlation_id, f"{task_id}.{uid}.{state}")
+            self._publisher.publish_event(event, correlation_id, f"{task_id}.{uid}.{state}{suffix}")
         except Exception as exc:  # noqa: BLE001 - an event must never cost an answer
             log.warning("could not publish the %s event of task %s: %s", state, task_id, exc)

@@ -36,14 +36,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.core.request import FinalizeRequest
 from dispatcher.kube import kueue
 from dispatcher.kube.conventions import (
     ANSWER_FINALIZER,
     CONTROLLER_UID_LABEL,
     JOB_NAME_LABEL,
     RESPONDED_ANNOTATION,
+    RETRIES_ANNOTATION,
 )
-from dispatcher.kube.outcome import job_ended_at, job_finished, pod_ended, pod_started, pod_stuck
+from dispatcher.kube.outcome import (
+    Outcome,
+    Stuck,
+    job_ended_at,
+    job_finished,
+    pod_deadline_exceeded,
+    pod_ended,
+    pod_started,
+    pod_stuck,
+    will_retry,
+)
 from dispatcher.kube.snapshot import job_snapshot, pod_snapshot
 
 log = logging.getLogger(__name__)
@@ -51,18 +63,6 @@ log = logging.getLogger(__name__)
 REASK_SECONDS = 300.0
 """A Job Kueue still cannot admit this long after finalize was asked is asked about again (or
 after the grace period, when that is longer)."""
-
-
-@dataclass(frozen=True)
-class FinalizeRequest:
-    job_name: str
-    job_uid: str
-    delay_seconds: float
-    why: str
-    deleted_annotations: dict[str, str] | None = None  # set when the Job vanished unanswered
-    # Hints, not identity: the Job as the watch showed it, and its pod that ended (small copies)
-    job: dict[str, Any] | None = field(default=None, compare=False)
-    pod: dict[str, Any] | None = field(default=None, compare=False)
 
 
 Schedule = Callable[[FinalizeRequest], None]
@@ -90,6 +90,13 @@ class JobMemory:
     # the Workload's uid; handed to finalize when the Job is seen
     early_workload: str | None = None
     ended_at: float | None = None  # ended or being deleted, its answer not seen yet: when, POSIX s
+    # A task that asked for retries: how many failed attempts the Job counts while it will run
+    # another, how many of those were told, and the failed pods seen (the exit of the newest is
+    # told with its retry, so a retry is told once both the Job and that pod were seen)
+    failed_counted: int = 0
+    failed_told: int = 0
+    failed_pods: set[str] = field(default_factory=set)
+    retrying_job: dict[str, Any] | None = None  # its name, uid and annotations, until told
 
     @property
     def active(self) -> bool:
@@ -100,6 +107,7 @@ class JobMemory:
         self.since = None
         self.started = self.suspended = False
         self.ended_pod = self.not_admitted_at = self.evicted_at = self.early_workload = None
+        self.retrying_job = None
 
     def empty(self) -> bool:
         return self == JobMemory(self.name)
@@ -128,6 +136,7 @@ class Reactor:
         on_job_seen: Callable[[str], None] | None = None,
         on_started: Callable[[dict[str, Any]], None] | None = None,
         on_evicted: Callable[[str, str, str], None] | None = None,
+        on_retrying: Callable[[dict[str, Any], int, int | None], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._schedule = schedule
@@ -137,6 +146,8 @@ class Reactor:
         self._on_started = on_started or (lambda pod: None)  # a Job's pod got a node
         # Kueue evicted a Job's Workload: (Job name, reason, message)
         self._on_evicted = on_evicted or (lambda name, reason, message: None)
+        # a Job's attempt failed and it runs another: (Job, number of the failed attempt, exit)
+        self._on_retrying = on_retrying or (lambda job, attempt, exit_code: None)
         self._clock = clock
         self._reask = max(stuck_grace_seconds, REASK_SECONDS)
         self._lock = threading.Lock()
@@ -256,6 +267,40 @@ class Reactor:
                 memory.not_admitted_at = None
         if early is not None and suspended:
             self._not_admissible(name, uid)
+        self._retrying(uid, name, job)
+
+    def _retrying(self, uid: str, name: str, job: dict[str, Any]) -> None:
+        """Note how many attempts failed while the Job will run another (its own `failed`
+        count), and tell the retries not told yet. Derived from the Job, so a restarted worker
+        tells the same attempt again under the same message id."""
+        if not will_retry(job):
+            return
+        failed = int(job["status"]["failed"])
+        with self._lock:
+            memory = self._memory(uid, name)
+            if failed > memory.failed_counted:
+                memory.failed_counted = failed
+                meta = job.get("metadata") or {}
+                keep = ("name", "uid", "annotations")
+                memory.retrying_job = {"metadata": {k: meta[k] for k in keep if k in meta}}
+        self._tell_retry(uid)
+
+    def _tell_retry(self, uid: str) -> None:
+        """Tell a retry once the Job counted the failed attempt and its pod was seen too (the
+        two watches are separate streams: either may come first)."""
+        with self._lock:
+            memory = self._jobs.get(uid)
+            if memory is None or memory.retrying_job is None:
+                return
+            if len(memory.failed_pods) < memory.failed_counted:
+                return
+            job, memory.retrying_job = memory.retrying_job, None
+            attempt = memory.failed_told = memory.failed_counted
+            exit_code = _exit_code(memory.ended_pod)
+        log.info(
+            "Job %s: attempt %d failed (exit %s); it runs again", memory.name, attempt, exit_code
+        )
+        self._on_retrying(job, attempt, exit_code)
 
     def _end(self, uid: str, name: str, ended_at: float | None) -> dict[str, Any] | None:
         """The Job ended (or is going): no longer active; its ended pod, if one was kept. Until
@@ -427,23 +472,36 @@ class Reactor:
                     if kept is not None and kept.get("metadata", {}).get("uid") == pod_uid:
                         memory.ended_pod = None  # (not a newer pod of the same Job)
             return
-        if pod_ended(pod):  # kept until its Job's end is seen, which then needs no pod list
-            with self._lock:
-                memory = self._memory(job_uid, job_name)
-                if not memory.finishing:
-                    memory.ended_pod = pod_snapshot(pod)
+        if pod_ended(pod):
+            self._pod_ended(job_uid, job_name, pod)
         if pod_started(pod) and not meta.get("deletionTimestamp"):  # (a preempted pod going)
             with self._lock:
                 memory = self._memory(job_uid, job_name)
                 first, memory.started = not memory.started, True
             if first:
                 self._on_started(pod)
-        stuck = pod_stuck(pod)
+        stuck = _stuck(pod)
         if stuck is None:
             return
         log.debug("Pod %s of Job %s is stuck: %s", meta.get("name"), job_name, stuck.message)
-        request = FinalizeRequest(job_name, job_uid, self._grace, stuck.outcome.name)
+        at_once = stuck.outcome is Outcome.DEADLINE_EXCEEDED  # before the Job runs it again
+        delay = 0.0 if at_once else self._grace
+        request = FinalizeRequest(job_name, job_uid, delay, stuck.outcome.name)
         self._once(job_uid, job_name, "stuck_pods", request, pod_uid)
+
+    def _pod_ended(self, job_uid: str, job_name: str, pod: dict[str, Any]) -> None:
+        """Keep the pod until its Job's end is seen (which then needs no pod list); a failed
+        attempt of a task with retries may complete a retry to tell."""
+        meta = pod.get("metadata") or {}
+        with self._lock:
+            memory = self._memory(job_uid, job_name)
+            if not memory.finishing and not _older(pod, memory.ended_pod):
+                memory.ended_pod = pod_snapshot(pod)  # (the newest, however the list is ordered)
+            failed = (pod.get("status") or {}).get("phase") == "Failed"
+            retried = RETRIES_ANNOTATION in (meta.get("annotations") or {})
+            if failed and retried and not pod_deadline_exceeded(pod):  # (that ends the task)
+                memory.failed_pods.add(str(meta.get("uid", "")))
+        self._tell_retry(job_uid)
 
 
 def _mark(memory: JobMemory, mark: str, pod_uid: str, now: float) -> bool:
@@ -464,6 +522,42 @@ def _unmark(memory: JobMemory, mark: str, pod_uid: str) -> None:
         memory.stuck_pods.discard(pod_uid)
     else:
         setattr(memory, mark, None if mark == "not_admitted_at" else False)
+
+
+def _stuck(pod: dict[str, Any]) -> Stuck | None:
+    """Why the pod cannot go on without help: stuck before it starts, or (for a task that may
+    run again) stopped past its deadline, which ends the task rather than being retried."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if pod_deadline_exceeded(pod) and RETRIES_ANNOTATION in annotations:
+        return Stuck(Outcome.DEADLINE_EXCEEDED, "the pod ran past its deadline")
+    return pod_stuck(pod)
+
+
+def _older(pod: dict[str, Any], kept: dict[str, Any] | None) -> bool:
+    """True when `pod` is another pod than `kept`, made before it (a re-list shows a retried
+    Job's pods in any order)."""
+    if kept is None or kept.get("metadata", {}).get("uid") == pod.get("metadata", {}).get("uid"):
+        return False
+    made, kept_made = (_created(p) for p in (pod, kept))
+    return made is not None and kept_made is not None and made < kept_made
+
+
+def _created(pod: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(pod.get("metadata", {}).get("creationTimestamp")))
+    except ValueError:
+        return None
+
+
+def _exit_code(pod: dict[str, Any] | None) -> int | None:
+    """The exit code of a pod's container that failed, if the pod (a snapshot) shows one."""
+    if pod is None or (pod.get("status") or {}).get("phase") != "Failed":
+        return None
+    for container in (pod.get("status") or {}).get("containerStatuses") or ():
+        code = ((container.get("state") or {}).get("terminated") or {}).get("exitCode")
+        if isinstance(code, int):
+            return code
+    return None
 
 
 def _since(job: dict[str, Any]) -> float:

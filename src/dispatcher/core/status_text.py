@@ -6,6 +6,7 @@ from datetime import datetime
 
 from dispatcher.core.overview import STATE_WORDS, Overview
 from dispatcher.core.taskview import TaskView
+from dispatcher.messages.response import Attempt
 
 
 def overview_text(overview: Overview) -> str:
@@ -44,6 +45,10 @@ def task_text(view: TaskView) -> str:
     for step in view.steps:
         detail = f"  {step.detail}" if step.detail else ""
         lines.append(f"  {_clock(step.at)}  {step.what:<9}{detail}".rstrip())
+    if view.attempts:
+        lines += ["", "attempts"]
+        for number, attempt in enumerate(view.attempts, 1):
+            lines.append(f"  {number:>2}  {_attempt(attempt)}")
     lines += ["", "events"]
     if not view.events:
         lines.append("  none")
@@ -59,6 +64,15 @@ def task_text(view: TaskView) -> str:
     else:
         lines += [f"  {line}" for line in view.log_tail.splitlines()] or ["  (empty)"]
     return "\n".join(lines)
+
+
+def _attempt(attempt: Attempt) -> str:
+    """One run: how it ended, where, from when to when."""
+    ended = f"exit {attempt.exit}" if attempt.exit is not None else "no exit code"
+    error = f" ({attempt.error})" if attempt.error else ""
+    where = f" on {attempt.node}" if attempt.node else ""
+    span = f"  {attempt.start or '?'} .. {attempt.end or '?'}"
+    return f"{ended}{error}{where}{span}"
 
 
 def _clock(when: datetime | None) -> str:

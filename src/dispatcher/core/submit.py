@@ -16,9 +16,11 @@ from __future__ import annotations
 import enum
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from dispatcher.config import Settings
 from dispatcher.core.cancel import Cancelled, cancel
+from dispatcher.core.conflicts import update_job
 from dispatcher.core.ports import KubeGateway
 from dispatcher.core.progress import Progress
 from dispatcher.core.tombstones import is_buried
@@ -82,8 +84,8 @@ def submit(
 
 def _join(task: Task, route: ReplyRoute, kube: KubeGateway, settings: Settings) -> Submitted:
     installation, window = settings.dispatcher_name, settings.idempotency_window_seconds
-    for _ in range(JOIN_ATTEMPTS):
-        existing = kube.get_job(task.id)
+
+    def join(existing: dict[str, Any] | None) -> Submitted:
         if existing is None:  # deleted between our create and get: try the create again
             raise TransientKubeError(f"Job {task.id} was deleted while it was being created")
         meta = existing.get("metadata", {})
@@ -102,11 +104,9 @@ def _join(task: Task, route: ReplyRoute, kube: KubeGateway, settings: Settings) 
         if more is None:  # this route is answered already (or the Job has all it may have)
             log.info("Job %s already exists for the same task; joining it", task.id)
             return Submitted.JOINED
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": more}}
-        try:
-            kube.patch_job(task.id, patch)
-        except ConflictError:
-            continue  # the Job changed (another copy joined, or it was answered): look again
+        # a conflict: the Job changed (another copy joined, or it was answered): look again
+        kube.annotate_job(task.id, more, resource_version=meta["resourceVersion"])
         log.info("Job %s already exists for the same task; joining it with a route", task.id)
         return Submitted.JOINED
-    raise TransientKubeError(f"Job {task.id} kept changing while this copy joined it")
+
+    return update_job(kube, task.id, join, attempts=JOIN_ATTEMPTS, doing="this copy joined it")

@@ -32,6 +32,8 @@ from dispatcher.kube.conventions import (
     pods_of_job,
 )
 from dispatcher.kube.objects import one_line
+from dispatcher.kube.outcome import attempts_of
+from dispatcher.messages.response import Attempt
 
 LOG_TAIL_LINES: Final = 20
 LOG_TAIL_BYTES: Final = 16384
@@ -65,9 +67,10 @@ class TaskView:
     log_tail: str | None  # None: no pod started, or its log could not be read
     log_note: str | None  # why there is no log tail
     error: str | None  # the answer's error, when it is known from the Job
+    attempts: tuple[Attempt, ...] = ()  # every run of its container, when there were several
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "id": self.task_id,
             "state": self.state,
             "timeline": [{"step": s.what, "at": iso(s.at), "detail": s.detail} for s in self.steps],
@@ -86,6 +89,9 @@ class TaskView:
             "log_note": self.log_note,
             "error": self.error,
         }
+        if self.attempts:
+            document["attempts"] = [attempt.to_json() for attempt in self.attempts]
+        return document
 
 
 def read_task(
@@ -112,6 +118,7 @@ def read_task(
         log_tail=tail,
         log_note=note,
         error=error.error if error is not None else None,
+        attempts=attempts_of(job, pods, max_run_seconds=max_run_seconds),
     )
 
 

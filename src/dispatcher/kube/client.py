@@ -32,6 +32,7 @@ from dispatcher.errors import (
     PermanentKubeError,
     TransientKubeError,
 )
+from dispatcher.kube.conventions import annotation_patch
 from dispatcher.messages.output import TailBuffer
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,12 @@ class KubeClient:
             headers=headers,
             params=params,
         )
+
+    def annotate_job(
+        self, name: str, annotations: Mapping[str, str | None], *, resource_version: str
+    ) -> KubeObject:
+        """Set (None: remove) `annotations`, only while the Job is at `resource_version`."""
+        return self.patch_job(name, annotation_patch(annotations, resource_version))
 
     def release_job(
         self,

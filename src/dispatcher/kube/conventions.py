@@ -7,8 +7,9 @@ one installation when it carries both :data:`MANAGED_BY_LABEL` and :data:`INSTAN
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE: Final = "k8s-job-dispatcher"
@@ -26,6 +27,9 @@ RESPONDED_ANNOTATION: Final = "job-dispatcher.io/responded"
 """RFC 3339 time at which the response was published."""
 CANCELLED_ANNOTATION: Final = "job-dispatcher.io/cancelled"
 """RFC 3339 time at which a cancel request stopped the Job: it is answered ``cancelled``."""
+RETRIES_ANNOTATION: Final = "job-dispatcher.io/retries"
+"""On the pods of a task that asked for retries (only then): how many. A pod of such a task
+that runs past its deadline ends the task (it is not run again)."""
 CLAIM_ANNOTATION: Final = "job-dispatcher.io/finalizing"
 """``"<holder> <RFC 3339 time>"``: who is finalizing the Job, since when."""
 
@@ -107,3 +111,11 @@ def workloads_of_job(job_uid: str) -> str:
 def timestamp(when: datetime) -> str:
     """RFC 3339 in UTC to the second, as Kubernetes writes times (and as our annotations do)."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def annotation_patch(
+    annotations: Mapping[str, str | None], resource_version: str
+) -> dict[str, Any]:
+    """The JSON merge patch that sets (None: removes) `annotations` of an object only while it
+    is at `resource_version`: the API server answers 409 Conflict when it changed meanwhile."""
+    return {"metadata": {"resourceVersion": resource_version, "annotations": dict(annotations)}}

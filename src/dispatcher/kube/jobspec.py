@@ -6,10 +6,14 @@ variables (never ``TASK_ID``), its own time limit (within ``JOB_MAX_RUN_SECONDS`
 and memory requests (within the per-task maxima), all bounded by
 :func:`~dispatcher.messages.task.parse_task`. Everything that matters for safety (namespace,
 service account, privileges, volumes, limits) comes from operator settings. The Job runs one
-pod, never restarted in place; a pod lost to a disruption (eviction, preemption, node drain) is
-retried, a container that fails is not (``backoffLimit: 0`` plus a pod failure policy). The
-workload learns its task id from ``TASK_ID``. With ``KUEUE_LOCAL_QUEUE`` the Job is created
-suspended, labelled for that LocalQueue: Kueue decides when it runs.
+pod at a time, never restarted in place; a pod lost to a disruption (eviction, preemption, node
+drain) is retried without counting, a container that fails is not run again (``backoffLimit:
+0`` plus a pod failure policy) unless the task asked for ``retries``: then ``backoffLimit`` is
+its ``retries``, and the pod failure policy fails the Job at once on an exit code outside its
+``retry_on_exit_codes`` (when it gave them) and counts the others, so the Job controller runs a
+new pod after its own backoff (10 s, doubling). The workload learns its task id from
+``TASK_ID``. With ``KUEUE_LOCAL_QUEUE`` the Job is created suspended, labelled for that
+LocalQueue: Kueue decides when it runs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dispatcher.kube.conventions import (
     CORRELATION_ID_ANNOTATION,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
+    RETRIES_ANNOTATION,
     TASK_HASH_ANNOTATION,
     VOLUME_NAME,
     job_name,
@@ -54,12 +59,12 @@ def build_job(task: Task, route: ReplyRoute, settings: Settings) -> dict[str, An
         },
         "spec": {
             **({"suspend": True} if settings.kueue_local_queue else {}),
-            "backoffLimit": 0,
+            "backoffLimit": task.retries,
             "ttlSecondsAfterFinished": settings.job_ttl_seconds,
             **_job_deadline(task, settings),
-            "podFailurePolicy": {"rules": _pod_failure_rules()},
+            "podFailurePolicy": {"rules": _pod_failure_rules(task)},
             "template": {
-                "metadata": _pod_metadata(labels, route),
+                "metadata": _pod_metadata(labels, route, task.retries),
                 "spec": _pod_spec(task, settings),
             },
         },
@@ -84,19 +89,29 @@ def _run_seconds(task: Task, settings: Settings) -> int:
 
 
 def _job_deadline(task: Task, settings: Settings) -> dict[str, int]:
-    """A backstop past the queue timeout and the run time; none when queueing is unbounded
-    (a Job that waits for room must not fail for the time it waited)."""
+    """A backstop past the queue timeout and the run time of every attempt with the Job
+    controller's backoff between them; none when queueing is unbounded (a Job that waits for
+    room must not fail for the time it waited)."""
     if settings.queue_timeout_seconds <= 0:
         return {}
-    total = settings.queue_timeout_seconds + _run_seconds(task, settings)
+    runs = _run_seconds(task, settings) * (task.retries + 1)
+    backoff = sum(min(10 * 2**retry, 360) for retry in range(task.retries))
+    total = settings.queue_timeout_seconds + runs + backoff
     return {"activeDeadlineSeconds": total + JOB_DEADLINE_MARGIN_SECONDS}
 
 
-def _pod_metadata(labels: dict[str, str], route: ReplyRoute) -> dict[str, Any]:
-    """The pod's labels, and the task's correlation id (its progress events carry it)."""
+def _pod_metadata(labels: dict[str, str], route: ReplyRoute, retries: int) -> dict[str, Any]:
+    """The pod's labels, the task's correlation id (its progress events carry it), and, when
+    the task may be run again, its retries (a pod past its deadline must then end the task:
+    the reactor sees so on the pod)."""
     metadata: dict[str, Any] = {"labels": dict(labels)}
+    annotations: dict[str, str] = {}
     if route.correlation_id is not None:
-        metadata["annotations"] = {CORRELATION_ID_ANNOTATION: route.correlation_id}
+        annotations[CORRELATION_ID_ANNOTATION] = route.correlation_id
+    if retries:
+        annotations[RETRIES_ANNOTATION] = str(retries)
+    if annotations:
+        metadata["annotations"] = annotations
     return metadata
 
 
@@ -104,15 +119,27 @@ def _annotations(task: Task, route: ReplyRoute) -> dict[str, str]:
     return {TASK_HASH_ANNOTATION: task.digest(), **route_annotations(route)}
 
 
-def _pod_failure_rules() -> list[dict[str, Any]]:
-    """Retry pods lost to disruptions; fail the Job as soon as the container fails."""
-    return [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        {
-            "action": "FailJob",
-            "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "NotIn", "values": [0]},
-        },
+def _pod_failure_rules(task: Task) -> list[dict[str, Any]]:
+    """Retry pods lost to disruptions without counting them. Without retries, fail the Job as
+    soon as the container fails; with retries, fail it at once on an exit code the task did not
+    list and count the others (any non-zero code when it listed none) against backoffLimit.
+    OOMKilled is exit code 137 here. The API wants the values sorted."""
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     ]
+    if not task.retries:
+        return [*rules, _on_exit_codes("FailJob", "NotIn", [0])]
+    if task.retry_on_exit_codes is None:
+        return [*rules, _on_exit_codes("Count", "NotIn", [0])]
+    codes = sorted(task.retry_on_exit_codes)
+    return [*rules, _on_exit_codes("FailJob", "NotIn", codes), _on_exit_codes("Count", "In", codes)]
+
+
+def _on_exit_codes(action: str, operator: str, values: list[int]) -> dict[str, Any]:
+    return {
+        "action": action,
+        "onExitCodes": {"containerName": CONTAINER_NAME, "operator": operator, "values": values},
+    }
 
 
 def _pod_spec(task: Task, settings: Settings) -> dict[str, Any]:

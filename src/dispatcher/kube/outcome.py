@@ -7,13 +7,17 @@ start without help (image pull failure, unschedulable, bad container config), an
 outcome, the pod whose logs to return, the exit code and the user-facing error text (one line).
 
 Kubernetes may run a Job's pod more than once; pods lost to a disruption (``DisruptionTarget``)
-never decide the outcome, the newest pod that ran to its end does.
+never decide the outcome, the newest pod that ran to its end does. A task that asked for retries
+may run several pods to their end, one per attempt: the verdict then lists them all
+(:func:`attempts_of`), oldest first, and a Job is ended only by its own ``Complete`` or
+``Failed`` condition, never by a failed pod — except a pod past its deadline
+(:func:`pod_deadline_exceeded`), which ends the task rather than being run again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
@@ -21,6 +25,7 @@ from typing import Any, Final
 from dispatcher.kube.capacity import quota_waiting, waiting_for_room
 from dispatcher.kube.conventions import CONTAINER_NAME
 from dispatcher.kube.objects import condition, one_line
+from dispatcher.messages.response import Attempt
 
 _IMAGE_PULL_REASONS: Final = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
@@ -60,6 +65,8 @@ class Verdict:
     """The pod whose logs are the output; None: there is no output."""
     exit_code: int | None
     error: str | None
+    attempts: tuple[Attempt, ...] = ()
+    """Every run of the container, oldest first, when there was more than one."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,29 @@ class Stuck:
 def job_finished(job: Mapping[str, Any]) -> bool:
     """True when the Job has a ``Complete`` or ``Failed`` condition with status True."""
     return any(condition(job, kind) is not None for kind in ("Complete", "Failed"))
+
+
+def retries_of(job: Mapping[str, Any]) -> int:
+    """How often the Job may run its pod again after a failure (its ``backoffLimit``)."""
+    limit = (job.get("spec") or {}).get("backoffLimit")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else 0
+
+
+def runs(job: Mapping[str, Any]) -> int:
+    """How many of the Job's pods ended, as its status counts them (failed and succeeded)."""
+    status = job.get("status") or {}
+    counts = (status.get("failed"), status.get("succeeded"))
+    return sum(n for n in counts if isinstance(n, int) and not isinstance(n, bool))
+
+
+def will_retry(job: Mapping[str, Any]) -> bool:
+    """True while a Job that has not ended has failed pods and may still run another: it waits
+    out the Job controller's backoff, or runs its next attempt."""
+    failed = (job.get("status") or {}).get("failed")
+    if not isinstance(failed, int) or isinstance(failed, bool) or failed < 1:
+        return False
+    ending = any(condition(job, kind) is not None for kind in ("FailureTarget", "Failed"))
+    return not ending and failed <= retries_of(job)
 
 
 def job_ended_at(job: Mapping[str, Any]) -> str | None:
@@ -129,14 +159,60 @@ def deciding_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(filter(pod_ended, pods), key=_age_key, default=None)
 
 
+def pod_deadline_exceeded(pod: Mapping[str, Any]) -> bool:
+    """True when the pod was stopped for running past its own deadline (a task's
+    ``timeout_seconds``)."""
+    status = pod.get("status") or {}
+    return status.get("phase") == "Failed" and status.get("reason") == _DEADLINE_EXCEEDED
+
+
+def attempts_of(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, max_run_seconds: int
+) -> tuple[Attempt, ...]:
+    """Each run of the container to its end (disruptions aside), oldest first; empty when there
+    was at most one: an answer lists its attempts only when there were several."""
+    ended = sorted(filter(pod_ended, pods), key=_age_key)
+    if len(ended) < 2:
+        return ()
+    return tuple(_attempt(job, pod, max_run_seconds) for pod in ended)
+
+
+def _attempt(job: Mapping[str, Any], pod: Mapping[str, Any], max_run_seconds: int) -> Attempt:
+    terminated = _terminated(pod) or {}
+    exit_code = terminated.get("exitCode")
+    error = None
+    if pod_deadline_exceeded(pod):
+        error, exit_code = _deadline_error(job, max_run_seconds), None
+    elif terminated.get("reason") == "OOMKilled":
+        error = _OOM_ERROR
+    elif not terminated:
+        error = "the attempt ended without a container result"
+    status = pod.get("status") or {}
+    return Attempt(
+        exit=exit_code if isinstance(exit_code, int) else None,
+        error=error,
+        node=(pod.get("spec") or {}).get("nodeName"),
+        start=terminated.get("startedAt") or status.get("startTime"),
+        end=terminated.get("finishedAt"),
+    )
+
+
 def judge_finished(
     job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, max_run_seconds: int
 ) -> Verdict:
-    """The verdict on a finished Job, from the pod that decided it."""
+    """The verdict on a finished Job, from the pod that decided it (with every attempt, when
+    there were several)."""
+    attempts = attempts_of(job, pods, max_run_seconds=max_run_seconds)
+    return replace(_judge_finished(job, pods, max_run_seconds), attempts=attempts)
+
+
+def _judge_finished(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], max_run_seconds: int
+) -> Verdict:
     pod = deciding_pod(pods)
     if _deadline_exceeded(job, pod):
         shown = pod or max(pods, key=_age_key, default=None)
-        error = f"deadline exceeded: the task ran longer than {run_limit(job, max_run_seconds)} s"
+        error = _deadline_error(job, max_run_seconds)
         return Verdict(Outcome.DEADLINE_EXCEEDED, _name(shown), None, error)
     terminated = _terminated(pod)
     if pod is None or terminated is None:
@@ -146,6 +222,21 @@ def judge_finished(
         return Verdict(Outcome.FAILED, _name(pod), exit_code, _OOM_ERROR)
     outcome = Outcome.SUCCEEDED if exit_code == 0 else Outcome.FAILED
     return Verdict(outcome, _name(pod), exit_code, None)
+
+
+def judge_attempt_deadline(
+    job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, max_run_seconds: int
+) -> Verdict | None:
+    """The verdict on a Job that may still run its pod again, whose newest ended pod ran past
+    its deadline: a deadline ends the task, it is not retried. None otherwise."""
+    pod = deciding_pod(pods)
+    if pod is None or not pod_deadline_exceeded(pod):
+        return None
+    return judge_finished(job, pods, max_run_seconds=max_run_seconds)
+
+
+def _deadline_error(job: Mapping[str, Any], max_run_seconds: int) -> str:
+    return f"deadline exceeded: the task ran longer than {run_limit(job, max_run_seconds)} s"
 
 
 def run_limit(job: Mapping[str, Any], default: int) -> int:
@@ -160,12 +251,16 @@ DELETED_ERROR = "the Job was deleted before it finished"
 CANCELLED_ERROR = "cancelled"
 
 
-def judge_cancelled(pods: Sequence[Mapping[str, Any]]) -> Verdict:
+def judge_cancelled(
+    pods: Sequence[Mapping[str, Any]], job: Mapping[str, Any] | None = None
+) -> Verdict:
     """The verdict on a Job stopped by a cancel request: the logs so far of its newest pod whose
-    container started (none when it never did), no exit code."""
+    container started (none when it never did), no exit code; the attempts that ran to their
+    end, when there were several."""
     started = [pod for pod in pods if pod_started(pod) and _container_ran(pod)]
     pod = max(started, key=_age_key, default=None)
-    return Verdict(Outcome.CANCELLED, _name(pod), None, CANCELLED_ERROR)
+    attempts = attempts_of(job or {}, pods, max_run_seconds=0)
+    return Verdict(Outcome.CANCELLED, _name(pod), None, CANCELLED_ERROR, attempts)
 
 
 RESULT_DELETED_ERROR = (

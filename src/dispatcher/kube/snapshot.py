@@ -34,14 +34,14 @@ def job_snapshot(job: Mapping[str, Any]) -> KubeObject:
     status = job.get("status") or {}
     slim_spec: KubeObject = {
         key: spec[key]
-        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend")
+        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend", "backoffLimit")
         if key in spec
     }
     if "activeDeadlineSeconds" in pod_spec:
         slim_spec["template"] = {
             "spec": {"activeDeadlineSeconds": pod_spec["activeDeadlineSeconds"]}
         }
-    slim_status: KubeObject = _pick(status, ("startTime",))
+    slim_status: KubeObject = _pick(status, ("startTime", "failed", "succeeded"))
     if status.get("conditions"):
         slim_status["conditions"] = _conditions(status)
     return {

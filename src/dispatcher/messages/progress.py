@@ -3,10 +3,13 @@
 Published (when ``PROGRESS_EXCHANGE_NAME`` is set) to a topic exchange with the task id as the
 routing key, so a listener binds either its task's id or ``#`` for all tasks. States, in order:
 ``queued`` (its Job exists and waits for its pod to get a node), ``running`` (the pod has a node,
-named in ``node``), then one of ``succeeded`` or ``failed`` once the answer was published
+named in ``node``), for a task that asked for retries ``retrying`` each time an attempt failed
+and the Job runs another (``attempt``: the number of the attempt that failed, from 1; ``exit``:
+its exit code when known), then one of ``succeeded`` or ``failed`` once the answer was published
 (``exit`` and ``error`` as in the response; a cancelled task is ``failed`` with error
 ``cancelled``). Events are best effort and at least once: a listener drops repeats by their
-``message_id`` (``<task id>.<Job uid>.<state>``) and never needs them to get the answer.
+``message_id`` (``<task id>.<Job uid>.<state>``, and ``.<attempt>`` after ``retrying``) and
+never needs them to get the answer.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from typing import Any, Final
 
 QUEUED: Final = "queued"
 RUNNING: Final = "running"
+RETRYING: Final = "retrying"
 SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
-STATES: Final = (QUEUED, RUNNING, SUCCEEDED, FAILED)
+STATES: Final = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED)
 FINAL_STATES: Final = frozenset({SUCCEEDED, FAILED})
 
 
@@ -34,6 +38,7 @@ class ProgressEvent:
     node: str | None = None
     exit: int | None = None
     error: str | None = None
+    attempt: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = {
@@ -41,6 +46,7 @@ class ProgressEvent:
             "state": self.state,
             "time": self.time,
             "node": self.node,
+            "attempt": self.attempt,
             "exit": self.exit,
             "error": self.error,
         }
@@ -59,6 +65,7 @@ class ProgressEvent:
         if values["state"] not in STATES:
             raise ValueError(f"unknown progress state {values['state']!r}")
         node, exit_code, error = document.get("node"), document.get("exit"), document.get("error")
+        attempt = document.get("attempt")
         return cls(
             id=str(values["id"]),
             state=str(values["state"]),
@@ -68,6 +75,7 @@ class ProgressEvent:
             if isinstance(exit_code, int) and not isinstance(exit_code, bool)
             else None,
             error=error if isinstance(error, str) else None,
+            attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
         )
 
     @classmethod

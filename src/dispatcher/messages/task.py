@@ -5,10 +5,10 @@ the contract (the id is a valid Job name, the image a valid reference allowed by
 path safe to mount), or raises :class:`~dispatcher.errors.InvalidTaskError` whose text names the
 field and the rule in one line, e.g. ``args[2]: must be a string, got number``. Fields are checked
 in a fixed order (id, image, volume_mount_path, working_dir, cmd, args, env, timeout_seconds,
-resources), so the same bad message always gets the same answer. Unknown fields are ignored:
-nothing else in a task can reach the Job. Every optional addition is bounded by the operator's
-:class:`TaskPolicy` (from settings), and an error outside it names the field, the limit and the
-setting that sets it.
+resources, retries, retry_on_exit_codes), so the same bad message always gets the same answer.
+Unknown fields are ignored: nothing else in a task can reach the Job. Every optional addition is
+bounded by the operator's :class:`TaskPolicy` (from settings), and an error outside it names the
+field, the limit and the setting that sets it.
 
 :func:`parse_message` also knows the one other message of the task queue: ``{"cancel": "<id>"}``,
 a request to stop a task (:class:`Cancel`).
@@ -36,6 +36,7 @@ MAX_ENV_NAME_LENGTH: Final = 256
 RESERVED_ENV: Final = frozenset({"TASK_ID"})
 """Environment variables the dispatcher sets in every task container: a task cannot set them."""
 RESOURCE_NAMES: Final = ("cpu", "memory")
+MAX_EXIT_CODE: Final = 255
 _PEEK_ID_LENGTH: Final = 253
 PEEK_HEAD_BYTES: Final = 65536
 
@@ -75,6 +76,7 @@ class TaskPolicy:
     max_env_bytes: int = 32768
     max_cpu: str = "2"
     max_memory: str = "4Gi"
+    max_retries: int = 5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TaskPolicy:
@@ -87,6 +89,7 @@ class TaskPolicy:
             max_env_bytes=settings.task_max_env_bytes,
             max_cpu=settings.task_max_cpu,
             max_memory=settings.task_max_memory,
+            max_retries=settings.task_max_retries,
         )
 
 
@@ -105,7 +108,8 @@ class Resources:
 @dataclass(frozen=True)
 class Task:
     """A valid task: what to run and where to mount the shared volume, and optionally its
-    environment, its own time limit and the resources it requests."""
+    environment, its own time limit, the resources it requests, and how often it is run again
+    when it fails (`retries`, for the exit codes `retry_on_exit_codes`; None: any non-zero)."""
 
     id: str
     image: str
@@ -116,6 +120,8 @@ class Task:
     env: Mapping[str, str] | None = field(default=None, hash=False)
     timeout_seconds: int | None = None
     resources: Resources | None = None
+    retries: int = 0
+    retry_on_exit_codes: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON object of this task: only the fields that are set."""
@@ -136,6 +142,10 @@ class Task:
             document["timeout_seconds"] = self.timeout_seconds
         if self.resources is not None:
             document["resources"] = self.resources.to_json()
+        if self.retries:
+            document["retries"] = self.retries
+        if self.retry_on_exit_codes is not None:
+            document["retry_on_exit_codes"] = list(self.retry_on_exit_codes)
         return document
 
     def digest(self) -> str:
@@ -191,6 +201,8 @@ def _parse_task(document: Mapping[str, Any], policy: TaskPolicy) -> Task:
             env=_parse_env(document, policy),
             timeout_seconds=_parse_timeout(document, policy),
             resources=_parse_resources(document, policy),
+            retries=_parse_retries(document, policy),
+            retry_on_exit_codes=_parse_exit_codes(document),
         )
     except InvalidTaskError as exc:
         raise InvalidTaskError(exc.field, exc.reason, task_id) from None
@@ -475,6 +487,45 @@ def _parse_timeout(document: Mapping[str, Any], policy: TaskPolicy) -> int | Non
     if not 1 <= seconds <= high:
         raise InvalidTaskError("timeout_seconds", f"{rule}, got {seconds}")
     return seconds
+
+
+def _parse_retries(document: Mapping[str, Any], policy: TaskPolicy) -> int:
+    value = _optional(document, "retries")
+    if value is None:
+        return 0
+    high = policy.max_retries
+    rule = f"must be a whole number from 0 to {high} (TASK_MAX_RETRIES)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidTaskError("retries", f"{rule}, got {_json_type(value)}")
+    if isinstance(value, float) and not value.is_integer():
+        raise InvalidTaskError("retries", f"{rule}, got {value}")
+    if not 0 <= int(value) <= high:
+        raise InvalidTaskError("retries", f"{rule}, got {int(value)}")
+    return int(value)
+
+
+def _parse_exit_codes(document: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The exit codes a failed attempt is run again for, in the order given (None: any
+    non-zero exit code)."""
+    value = _optional(document, "retry_on_exit_codes")
+    if value is None:
+        return None
+    field = "retry_on_exit_codes"
+    if not isinstance(value, list):
+        raise InvalidTaskError(field, f"must be an array of exit codes, got {_json_type(value)}")
+    if not value:
+        raise InvalidTaskError(field, "must not be empty (leave it out: any non-zero exit code)")
+    codes: list[int] = []
+    rule = f"must be an exit code from 1 to {MAX_EXIT_CODE}"
+    for index, code in enumerate(value):
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise InvalidTaskError(f"{field}[{index}]", f"{rule}, got {_json_type(code)}")
+        if not 1 <= code <= MAX_EXIT_CODE:
+            raise InvalidTaskError(f"{field}[{index}]", f"{rule}, got {code}")
+        if code in codes:
+            raise InvalidTaskError(f"{field}[{index}]", f"repeats exit code {code}")
+        codes.append(code)
+    return tuple(codes)
 
 
 def _parse_resources(document: Mapping[str, Any], policy: TaskPolicy) -> Resources | None:

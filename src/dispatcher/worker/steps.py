@@ -20,7 +20,8 @@ from celery import bootsteps
 
 from dispatcher.amqp.topology import FINALIZE_TASK
 from dispatcher.core import tombstones
-from dispatcher.core.reactor import FinalizeRequest, Reactor
+from dispatcher.core.reactor import Reactor
+from dispatcher.core.request import FinalizeRequest
 from dispatcher.kube.conventions import label_selector
 from dispatcher.kube.watcher import RESTART_REASONS, Handler, Watcher
 from dispatcher.worker.health import HealthServer
@@ -64,16 +65,9 @@ class JobWatchStep(bootsteps.StartStopStep):
                 request.delay_seconds,
                 request.why,
             )
-            kwargs: dict[str, Any] = {}
-            if request.deleted_annotations is not None:
-                kwargs["deleted_annotations"] = request.deleted_annotations
-            if request.job is not None:
-                kwargs["job"] = request.job
-            if request.pod is not None:
-                kwargs["pod"] = request.pod
             finalize.apply_async(
                 args=[request.job_name, request.job_uid],
-                kwargs=kwargs,
+                kwargs=request.task_kwargs(),
                 countdown=request.delay_seconds or None,
                 retry_policy=SCHEDULE_RETRY_POLICY,
             )
@@ -84,6 +78,7 @@ class JobWatchStep(bootsteps.StartStopStep):
             queue_timeout_seconds=settings.queue_timeout_seconds,
             on_job_seen=runtime.admission.settled,
             on_started=runtime.progress.running if runtime.progress.enabled else None,
+            on_retrying=runtime.progress.retrying if runtime.progress.enabled else None,
             on_evicted=lambda name, reason, message: runtime.metrics.kueue_evictions.labels(
                 reason
             ).inc(),

@@ -1,13 +1,13 @@
 """The three short Celery tasks. Thin adapters: decode, call one core function, map errors.
 
-`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` answers an ended, stuck,
-cancelled or deleted Job; `dispatcher.cancel` stops a task in progress (or answers the cancel
-request that there is none). None of them waits for a Job to run. Every way out of a task is a
-confirmed response or a retry, never a silent end: broker errors are retried for as long as
-they last; in submit and cancel, transient Kubernetes errors are retried with the one policy in
-`dispatcher.worker.retry` and then answered, and permanent ones (and defects) are answered at
-once; finalize retries every failure, since the Job, and so the answer, waits in the cluster. A
-retry that cannot even be published puts the message back on its queue instead of dropping it.
+`dispatcher.submit` creates (or joins) the Job; `dispatcher.finalize` carries a
+`FinalizeRequest` from the reactor to `core.request.answer` (an ended, stuck, cancelled or
+deleted Job); `dispatcher.cancel` stops a task in progress (or answers the cancel request that
+there is none). None of them waits for a Job to run. Every way out of a task is a confirmed
+response or a retry, never a silent end: what each failure means — retry after a delay, answer
+with an error, or raise — is decided in one place, `dispatcher.worker.retry.classify`, by the
+task's policy there. A retry that cannot even be published puts the message back on its queue
+instead of dropping it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from amqp.exceptions import MessageNacked
 from celery import Celery
-from celery.exceptions import Reject, Retry
-from kombu.exceptions import KombuError, OperationalError
+from celery.exceptions import Reject
 
 from dispatcher.amqp.topology import CANCEL_TASK, FINALIZE_TASK, SUBMIT_TASK
 from dispatcher.core.cancel import (
@@ -31,48 +30,62 @@ from dispatcher.core.cancel import (
     not_in_progress_error,
     not_stopped_error,
 )
-from dispatcher.core.finalize import (
-    Finalized,
-    answer_again,
-    answer_deleted,
-    finalize,
-    message_id,
-)
+from dispatcher.core.finalize import Finalized, message_id
+from dispatcher.core.request import FinalizeRequest, answer
 from dispatcher.core.submit import Submitted, submit
-from dispatcher.errors import (
-    InvalidTaskError,
-    KubeError,
-    TaskConflictError,
-    TransientKubeError,
-)
+from dispatcher.errors import InvalidTaskError, TransientKubeError
 from dispatcher.kube.outcome import CANCELLED_ERROR
 from dispatcher.messages.response import error_response
 from dispatcher.messages.route import ReplyRoute
 from dispatcher.messages.task import Task as ParsedTask
 from dispatcher.messages.task import TaskPolicy, parse_task, peek_task_id
-from dispatcher.worker.retry import LOG_ATTEMPTS, MAX_ATTEMPTS, backoff, retry_window
+from dispatcher.worker.retry import (
+    API_UNAVAILABLE,
+    BROKER_ERRORS,
+    CANCEL,
+    FINALIZE,
+    INTERNAL_ERROR,
+    LOG_ATTEMPTS,
+    SUBMIT,
+    Action,
+    Cause,
+    Handling,
+    Policy,
+    classify,
+)
 from dispatcher.worker.seal import SealedTask
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (KombuError, OperationalError, MessageNacked, ConnectionError, OSError)
-INTERNAL_ERROR = "internal error of the dispatcher; its log has the details"
-API_UNAVAILABLE = (
-    f"the Kubernetes API stayed unavailable for {retry_window()} of retries; the task did not run"
-)
+__all__ = ["API_UNAVAILABLE", "INTERNAL_ERROR", "register_tasks"]
 
 
 def register_tasks(app: Celery) -> None:
     options: dict[str, Any] = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
-    # No retry limit of Celery's own: submit counts its Kubernetes attempts itself, and broker
-    # trouble is waited out however long it lasts (the message is never dropped).
+    # No retry limit of Celery's own: the policies in dispatcher.worker.retry count the
+    # Kubernetes attempts, and broker trouble is waited out however long it lasts.
     app.task(name=SUBMIT_TASK, max_retries=None, **options)(submit_task)
     app.task(name=FINALIZE_TASK, max_retries=None, **options)(finalize_task)
     app.task(name=CANCEL_TASK, max_retries=None, **options)(cancel_task)
 
 
 def submit_task(self: SealedTask, task: dict[str, Any], route: dict[str, Any]) -> str:
-    return _guarded(self, lambda: _submit(self, task, route))
+    if not _sealed(self):
+        return "refused"
+    reply = ReplyRoute.from_json(route)
+    body = json.dumps(task)
+    try:  # checked again with the same policy: anyone who can write to the queue may send this
+        parsed = parse_task(body, TaskPolicy.from_settings(self.app.dispatcher.settings))
+    except InvalidTaskError as exc:
+        task_id = exc.task_id or peek_task_id(body)
+        return _run(self, SUBMIT, "", partial(_publish_invalid, self, exc, task_id, reply), None)
+    return _run(
+        self,
+        SUBMIT,
+        f"creating Job {parsed.id}",
+        lambda: _submit(self, parsed, reply),
+        lambda error: _answer_submit(self, parsed, reply, error),
+    )
 
 
 def finalize_task(
@@ -84,37 +97,94 @@ def finalize_task(
     job: dict[str, Any] | None = None,
     pod: dict[str, Any] | None = None,
 ) -> str:
-    """`job` and `pod` are what the watch showed when it asked (small copies): the first
-    execution answers from them without reading the Job again; a retry reads it."""
-    first = self.request.retries == 0
-    seen = {"job": job, "pod": pod} if first else {}
-    return _guarded(self, lambda: _finalize(self, job_name, job_uid, deleted_annotations, **seen))
+    """The arguments are a `FinalizeRequest` as the reactor wrote it (`task_kwargs`)."""
+    if not _sealed(self):
+        return "refused"
+    request = FinalizeRequest.from_task(job_name, job_uid, deleted_annotations, job=job, pod=pod)
+    return _run(
+        self, FINALIZE, f"finalizing Job {job_name}", lambda: _finalize(self, request), None
+    )
 
 
 def cancel_task(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
-    return _guarded(self, lambda: _cancel(self, task_id, route))
-
-
-def _guarded(self: SealedTask, work: Callable[[], str]) -> str:
-    """Only a message this dispatcher sent is run; broker trouble while answering: try again
-    later rather than lose the task."""
-    if not self.sealed():
-        self.app.dispatcher.metrics.internal_refused.labels(self.name).inc()
-        log.warning(
-            "dropped internal message %r (%s): its seal is missing or wrong, so no worker of "
-            "this dispatcher sent it",
-            self.request.id,
-            self.name,
-        )
+    if not _sealed(self):
         return "refused"
+    reply = ReplyRoute.from_json(route)
+    return _run(
+        self,
+        CANCEL,
+        f"cancelling task {task_id}",
+        lambda: _cancel(self, task_id, reply),
+        lambda error: _answer_cancel(self, task_id, reply, not_stopped_error(task_id, error)),
+    )
+
+
+def _sealed(self: SealedTask) -> bool:
+    """Only a message this dispatcher sent is run (the others are dropped, and counted)."""
+    if self.sealed():
+        return True
+    self.app.dispatcher.metrics.internal_refused.labels(self.name).inc()
+    log.warning(
+        "dropped internal message %r (%s): its seal is missing or wrong, so no worker of "
+        "this dispatcher sent it",
+        self.request.id,
+        self.name,
+    )
+    return False
+
+
+def _run(
+    self: SealedTask,
+    policy: Policy,
+    doing: str,
+    work: Callable[[], str],
+    answer_error: Callable[[str], str] | None,
+) -> str:
+    """Run `work`, and go on after a failure as `classify` says: retry it later, answer it
+    with `answer_error`, or let it out (also when there is no `answer_error`: finalize's policy
+    never answers, and the answer of an invalid task is itself what failed)."""
     try:
         return work()
-    except (Retry, Reject):
-        raise
+    except Exception as exc:
+        handling = classify(exc, self.request.retries, policy)
+        if handling.cause in (Cause.TRANSIENT, Cause.PERMANENT):
+            self.app.dispatcher.metrics.kube_errors.labels(handling.cause.value).inc()
+        if handling.action is Action.RETRY:
+            _log_retry(self, policy, doing or self.name, exc, handling)
+            _retry(self, exc, handling.delay)
+        if handling.action is Action.RAISE or answer_error is None:
+            raise
+        if handling.cause is Cause.DEFECT:
+            log.exception("%s failed unexpectedly", doing)
+        else:
+            log.warning("%s failed for good: %s", doing, exc)
+        error = handling.error or INTERNAL_ERROR
+    try:
+        return answer_error(error)
     except BROKER_ERRORS as exc:
         log.warning("%s: broker error %s; will retry", self.name, exc)
-        _retry(self, exc, backoff(min(self.request.retries, 6)))
+        _retry(self, exc, classify(exc, self.request.retries, policy).delay)
         raise  # unreachable: _retry always raises
+
+
+def _log_retry(
+    self: SealedTask, policy: Policy, doing: str, exc: Exception, handling: Handling
+) -> None:
+    attempt = self.request.retries + 1
+    of = f"/{policy.attempts}" if handling.cause is Cause.TRANSIENT and policy.attempts else ""
+    if handling.cause is Cause.BROKER:
+        log.warning("%s: broker error %s; will retry", doing, exc)
+    elif handling.cause is Cause.DEFECT:
+        log.exception("%s failed: %s; will retry", doing, exc)
+    else:
+        log.warning(
+            "%s failed: %s; retrying in %.0f s (attempt %d%s)",
+            doing,
+            exc,
+            handling.delay,
+            attempt,
+            of,
+        )
 
 
 def _retry(self: SealedTask, exc: Exception, countdown: float) -> None:
@@ -124,55 +194,32 @@ def _retry(self: SealedTask, exc: Exception, countdown: float) -> None:
         raise Reject(rejected.reason, requeue=True) from exc
 
 
-def _submit(self: SealedTask, task: dict[str, Any], route: dict[str, Any]) -> str:
+def _publish_invalid(
+    self: SealedTask, exc: InvalidTaskError, task_id: str | None, reply: ReplyRoute
+) -> str:
     runtime = self.app.dispatcher
-    settings, metrics = runtime.settings, runtime.metrics
-    reply = ReplyRoute.from_json(route)
-    body = json.dumps(task)
-    try:  # checked again with the same policy: anyone who can write to the queue may send this
-        parsed = parse_task(body, TaskPolicy.from_settings(settings))
-    except InvalidTaskError as exc:
-        task_id = exc.task_id or peek_task_id(body)
-        runtime.publisher.publish(error_response(exc, task_id), reply, f"invalid.{self.request.id}")
-        return "rejected"
+    runtime.publisher.publish(error_response(exc, task_id), reply, f"invalid.{self.request.id}")
+    return "rejected"
+
+
+def _submit(self: SealedTask, parsed: ParsedTask, reply: ReplyRoute) -> str:
+    runtime = self.app.dispatcher
     started = time.perf_counter()
-    try:
-        result = _submit_or_answer_again(self, parsed, reply)
-        metrics.submit_seconds.observe(time.perf_counter() - started)
-        metrics.tasks_submitted.labels(result.value).inc()
-        if result is not Submitted.CREATED:  # no new Job will show up in the watch
-            runtime.admission.settled(parsed.id)
-        return result.value
-    except TransientKubeError as exc:
-        metrics.kube_errors.labels("transient").inc()
-        if self.request.retries < MAX_ATTEMPTS:
-            delay = backoff(self.request.retries)
-            log.warning(
-                "creating Job %s failed: %s; retrying in %.0f s (attempt %d/%d)",
-                parsed.id,
-                exc,
-                delay,
-                self.request.retries + 1,
-                MAX_ATTEMPTS,
-            )
-            _retry(self, exc, delay)
-        log.warning("creating Job %s failed for good: %s", parsed.id, exc)
-        error = API_UNAVAILABLE  # the transport details stay in the log
-    except TaskConflictError as exc:
-        error = str(exc)
-    except KubeError as exc:
-        metrics.kube_errors.labels("permanent").inc()
-        error = str(exc)
-    except BROKER_ERRORS:
-        raise
-    except Exception:  # a defect: answer rather than drop the task
-        log.exception("submitting task %s failed unexpectedly", parsed.id)
-        error = INTERNAL_ERROR
+    result = _submit_or_answer_again(self, parsed, reply)
+    runtime.metrics.submit_seconds.observe(time.perf_counter() - started)
+    runtime.metrics.tasks_submitted.labels(result.value).inc()
+    if result is not Submitted.CREATED:  # no new Job will show up in the watch
+        runtime.admission.settled(parsed.id)
+    return result.value
+
+
+def _answer_submit(self: SealedTask, parsed: ParsedTask, reply: ReplyRoute, error: str) -> str:
+    runtime = self.app.dispatcher
     log.warning("task %s answered with an error: %s", parsed.id, error)
     message = message_id(parsed.id, parsed.digest()[:16])
     runtime.publisher.publish(error_response(error, parsed.id), reply, message)
     runtime.admission.settled(parsed.id)
-    metrics.tasks_submitted.labels("rejected").inc()
+    runtime.metrics.tasks_submitted.labels("rejected").inc()
     return "rejected"
 
 
@@ -183,47 +230,22 @@ def _submit_or_answer_again(self: SealedTask, task: ParsedTask, reply: ReplyRout
     )
     if result is Submitted.ANSWERED:
         context = runtime.finalize_context(self.request.id, self.request.retries)
-        if not answer_again(task.id, reply, context):  # its window closed meanwhile: run anew
+        again = answer(FinalizeRequest.again(task.id, reply), context)
+        if again.state is not Finalized.ANSWERED:  # its window closed meanwhile: run anew
             raise TransientKubeError(f"Job {task.id} went while it was answered again")
     if result is Submitted.CANCELLED:
-        answer = error_response(CANCELLED_ERROR, task.id)
-        runtime.publisher.publish(answer, reply, message_id(task.id, "cancelled"))
+        reply_body = error_response(CANCELLED_ERROR, task.id)
+        runtime.publisher.publish(reply_body, reply, message_id(task.id, "cancelled"))
     return result
 
 
-def _finalize(
-    self: SealedTask,
-    job_name: str,
-    job_uid: str,
-    deleted_annotations: dict[str, str] | None,
-    *,
-    job: dict[str, Any] | None = None,
-    pod: dict[str, Any] | None = None,
-) -> str:
+def _finalize(self: SealedTask, request: FinalizeRequest) -> str:
     runtime = self.app.dispatcher
     retries = self.request.retries
     context = runtime.finalize_context(
         self.request.id, retries, logs_optional=retries >= LOG_ATTEMPTS
     )
-    if deleted_annotations is not None:
-        answer_deleted(job_name, job_uid, deleted_annotations, context)
-        runtime.metrics.jobs_finished.labels("deleted").inc()
-        return "answered"
-    try:
-        result = finalize(job_name, job_uid, context, seen=job, pod=pod)
-    except BROKER_ERRORS:
-        raise
-    except TransientKubeError as exc:
-        runtime.metrics.kube_errors.labels("transient").inc()
-        log.warning("finalizing Job %s failed: %s; will retry", job_name, exc)
-        _retry(self, exc, backoff(min(retries, 6)))
-        raise  # unreachable
-    except Exception as exc:  # e.g. a webhook denying the claim: only a person can fix it
-        if isinstance(exc, KubeError):
-            runtime.metrics.kube_errors.labels("permanent").inc()
-        log.exception("finalizing Job %s failed: %s; will retry", job_name, exc)
-        _retry(self, exc, backoff(min(retries, 6)))
-        raise  # unreachable
+    result = answer(request, context)
     if result.state is Finalized.ANSWERED and result.verdict is not None:
         runtime.metrics.jobs_finished.labels(result.verdict.outcome.value).inc()
         if result.age_seconds is not None:
@@ -233,30 +255,24 @@ def _finalize(
     return result.state.value
 
 
-def _cancel(self: SealedTask, task_id: str, route: dict[str, Any]) -> str:
+def _cancel(self: SealedTask, task_id: str, reply: ReplyRoute) -> str:
     runtime = self.app.dispatcher
-    reply = ReplyRoute.from_json(route)
-    try:
-        result = cancel(task_id, reply, kube=runtime.kube, settings=runtime.settings)
-    except TransientKubeError as exc:
-        runtime.metrics.kube_errors.labels("transient").inc()
-        if self.request.retries < MAX_ATTEMPTS:
-            log.warning("cancelling task %s failed: %s; will retry", task_id, exc)
-            _retry(self, exc, backoff(self.request.retries))
-        error = not_stopped_error(task_id, API_UNAVAILABLE)
-        runtime.metrics.cancel_requests.labels("error").inc()
-    except KubeError as exc:  # e.g. forbidden: the operator must fix the RBAC
-        runtime.metrics.kube_errors.labels("permanent").inc()
-        log.error("cancelling task %s failed: %s", task_id, exc)
-        error = not_stopped_error(task_id, INTERNAL_ERROR)
-        runtime.metrics.cancel_requests.labels("error").inc()
+    result = cancel(task_id, reply, kube=runtime.kube, settings=runtime.settings)
+    runtime.metrics.cancel_requests.labels(result.value).inc()
+    if result is Cancelled.STOPPING:
+        return "stopping"
+    if result is Cancelled.BEFORE_START:
+        error = cancelled_before_start(task_id, runtime.settings)
     else:
-        runtime.metrics.cancel_requests.labels(result.value).inc()
-        if result is Cancelled.STOPPING:
-            return "stopping"
-        if result is Cancelled.BEFORE_START:
-            error = cancelled_before_start(task_id, runtime.settings)
-        else:
-            error = not_in_progress_error(task_id, result)
+        error = not_in_progress_error(task_id, result)
+    return _answer_cancel(self, task_id, reply, error, counted=True)
+
+
+def _answer_cancel(
+    self: SealedTask, task_id: str, reply: ReplyRoute, error: str, *, counted: bool = False
+) -> str:
+    runtime = self.app.dispatcher
+    if not counted:  # stopping the task failed
+        runtime.metrics.cancel_requests.labels("error").inc()
     runtime.publisher.publish(error_response(error, task_id), reply, f"{task_id}.{self.request.id}")
     return "answered"
