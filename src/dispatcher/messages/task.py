@@ -479,14 +479,7 @@ def _parse_timeout(document: Mapping[str, Any], policy: TaskPolicy) -> int | Non
         return None
     high = policy.max_run_seconds
     rule = f"must be a whole number of seconds from 1 to {high} (JOB_MAX_RUN_SECONDS)"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidTaskError("timeout_seconds", f"{rule}, got {_json_type(value)}")
-    if isinstance(value, float) and not value.is_integer():
-        raise InvalidTaskError("timeout_seconds", f"{rule}, got {value}")
-    seconds = int(value)
-    if not 1 <= seconds <= high:
-        raise InvalidTaskError("timeout_seconds", f"{rule}, got {seconds}")
-    return seconds
+    return _whole_number("timeout_seconds", value, 1, high, rule)
 
 
 def _parse_retries(document: Mapping[str, Any], policy: TaskPolicy) -> int:
@@ -495,13 +488,20 @@ def _parse_retries(document: Mapping[str, Any], policy: TaskPolicy) -> int:
         return 0
     high = policy.max_retries
     rule = f"must be a whole number from 0 to {high} (TASK_MAX_RETRIES)"
+    return _whole_number("retries", value, 0, high, rule)
+
+
+def _whole_number(field: str, value: object, low: int, high: int, rule: str) -> int:
+    """`value` as a whole number from `low` to `high` (a JSON number with no fraction), or the
+    error naming `field` and its `rule`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidTaskError("retries", f"{rule}, got {_json_type(value)}")
+        raise InvalidTaskError(field, f"{rule}, got {_json_type(value)}")
     if isinstance(value, float) and not value.is_integer():
-        raise InvalidTaskError("retries", f"{rule}, got {value}")
-    if not 0 <= int(value) <= high:
-        raise InvalidTaskError("retries", f"{rule}, got {int(value)}")
-    return int(value)
+        raise InvalidTaskError(field, f"{rule}, got {value}")
+    number = int(value)
+    if not low <= number <= high:
+        raise InvalidTaskError(field, f"{rule}, got {number}")
+    return number
 
 
 def _parse_exit_codes(document: Mapping[str, Any]) -> tuple[int, ...] | None:
