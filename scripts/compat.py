@@ -28,6 +28,7 @@ MODULES = (
     "tests/e2e/test_dispatch.py",
     "tests/e2e/test_queueing.py",
     "tests/e2e/test_task_options.py",
+    "tests/e2e/test_retries.py",
     "tests/e2e/test_resilience.py",
     "tests/e2e/test_kueue.py",
 )
